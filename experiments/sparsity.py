@@ -1,0 +1,156 @@
+"""Sparsity sweep (Toy Models of Superposition, "Superposition as a phase change" figure).
+
+n = 20 features in m = 5 dimensions, importance 0.7**i, feature probability
+1 − S ∈ {1, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001}, linear and ReLU-output models, several seeds.
+The whole grid model × feature_probability × seed trains as one compiled sweep; per cell the
+lowest-loss seed is drawn. The linear model keeps the top m features orthogonally at every
+sparsity; the ReLU model puts more and more features into superposition as sparsity rises.
+The paper's second setting is `--set n_features=80 d_hidden=20 importance_base=0.9`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from superpos_jax import metrics, plots
+from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
+from superpos_jax.data import geometric_importance
+from superpos_jax.models.toy import MODEL_KINDS, kind_flags, toy_task
+from superpos_jax.prng import GENERATORS
+from superpos_jax.sweep import Grid, run_sweep
+from superpos_jax.train import OptimConfig, make_trainer
+
+NAME = "sparsity"
+DESCRIPTION = "n=20 features in m=5 dims across sparsity: linear vs ReLU toy models (paper's phase-change figure)"
+
+
+@dataclass(frozen=True)
+class Config:
+    n_features: int = 20
+    d_hidden: int = 5
+    importance_base: float = 0.7
+    feature_probabilities: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+    models: tuple[str, ...] = ("linear", "relu")
+    n_seeds: int = 4
+    seed: int = 0
+    n_steps: int = 10_000
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    chunk_steps: int = 2_500
+    log_every: int = 10
+    generator: str = "hash"
+
+    def validate(self) -> None:
+        check_positive_int(self, "n_features", "d_hidden", "n_seeds", "n_steps", "batch_size", "chunk_steps", "log_every")
+        check_probabilities(self, "feature_probabilities")
+        check_choices(self, "models", MODEL_KINDS)
+        check_choices(self, "generator", GENERATORS)
+        check_choices(self, "optimizer", ("adam", "adamw"))
+        if not self.importance_base > 0:
+            fail("importance_base", self.importance_base, "> 0")
+        if not self.learning_rate > 0:
+            fail("learning_rate", self.learning_rate, "> 0")
+        if self.weight_decay < 0:
+            fail("weight_decay", self.weight_decay, ">= 0")
+        if self.n_steps % self.log_every:
+            fail("n_steps", self.n_steps, f"a multiple of log_every={self.log_every}")
+        if self.chunk_steps % self.log_every:
+            fail("chunk_steps", self.chunk_steps, f"a multiple of log_every={self.log_every}")
+
+
+QUICK = {"n_steps": 3_000, "n_seeds": 2, "chunk_steps": 1_000}
+
+
+def build(cfg: Config):
+    """The grid, per-instance hparams, keys and trainer of this experiment."""
+    grid = Grid({"model": cfg.models, "feature_probability": cfg.feature_probabilities, "seed": range(cfg.n_seeds)})
+    n = cfg.n_features
+    importance = geometric_importance(n, cfg.importance_base)
+    probs = grid.column("feature_probability").astype(np.float32)
+    hparams = {
+        "feature_probability": np.repeat(probs[:, None], n, axis=1),
+        "importance": np.tile(importance, (grid.size, 1)),
+        "flags": np.stack([kind_flags(k) for k in grid.column("model")]),
+        "learning_rate": np.full(grid.size, cfg.learning_rate, np.float32),
+    }
+    base = jax.random.key(cfg.seed)
+    keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(grid.column("seed"), jnp.uint32))
+    task = toy_task(n, cfg.d_hidden, cfg.batch_size, generator=cfg.generator)  # type: ignore[arg-type]
+    optim = OptimConfig(name=cfg.optimizer, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    trainer = make_trainer(task, optim, log_every=cfg.log_every)
+    return grid, hparams, keys, trainer
+
+
+def run(cfg: Config, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train the sweep, write the figures, return the summary (written by the caller)."""
+    grid, hparams, keys, trainer = build(cfg)
+    result = run_sweep(
+        trainer, hparams, keys, n_steps=cfg.n_steps, chunk_steps=cfg.chunk_steps,
+        checkpoint_dir=out_dir / "checkpoints", progress=progress,
+    )
+    W = np.asarray(result.state.params.W)  # (instance, hidden, feature)
+    per = jax.vmap(lambda w: {
+        "feature_norms": metrics.feature_norms(w),
+        "superposition": metrics.superposition(w),
+        "dimensionality": metrics.feature_dimensionality(w),
+        "dimensions_per_feature": metrics.dimensions_per_feature(w),
+        "n_represented": metrics.n_represented(w),
+    })(jnp.asarray(W))
+    per = jax.tree.map(np.asarray, per)
+    final_loss = np.nanmean(result.losses[:, -max(1, result.losses.shape[1] // 20):], axis=1)
+    finite = np.isfinite(final_loss)
+
+    # Lowest-loss seed per (model, probability) cell for the figure.
+    loss_grid = grid.fold(np.where(finite, final_loss, np.inf))  # (model, prob, seed)
+    best = np.argmin(loss_grid, axis=-1)
+    W_grid = grid.fold(W)
+    W_best = np.take_along_axis(W_grid, best[..., None, None, None], axis=2)[:, :, 0]
+    figures = out_dir / "figures"
+    plots.sparsity_figure(
+        W_best, cfg.feature_probabilities, cfg.models, figures / "sparsity.png",
+        title=f"n={cfg.n_features}, m={cfg.d_hidden}, importance {cfg.importance_base}^i (lowest-loss of {cfg.n_seeds} seeds)",
+    )
+    labels = [f"{c['model']} p={c['feature_probability']:g}" for c in (grid.coords(i) for i in range(grid.size))]
+    first_seed = np.flatnonzero(grid.column("seed") == 0)
+    plots.loss_curves(result.losses[first_seed], [labels[i] for i in first_seed], figures / "loss.png", log_every=cfg.log_every)
+
+    instances = []
+    for i in range(grid.size):
+        instances.append({
+            "coords": grid.coords(i),
+            "final_loss": float(final_loss[i]),
+            "finite": bool(finite[i]),
+            "n_represented": int(per["n_represented"][i]),
+            "dimensions_per_feature": float(per["dimensions_per_feature"][i]),
+            "feature_norms": per["feature_norms"][i].round(5).tolist(),
+            "superposition": per["superposition"][i].round(5).tolist(),
+            "dimensionality": per["dimensionality"][i].round(5).tolist(),
+        })
+    cells = []
+    rep_grid = grid.fold(per["n_represented"])
+    for a, model in enumerate(cfg.models):
+        for b, p in enumerate(cfg.feature_probabilities):
+            s = int(best[a, b])
+            cells.append({
+                "model": model, "feature_probability": p, "best_seed": s,
+                "final_loss": float(loss_grid[a, b, s]),
+                "n_represented": int(rep_grid[a, b, s]),
+                "n_represented_all_seeds": rep_grid[a, b].tolist(),
+            })
+    return {
+        "grid": {k: list(v) for k, v in grid.axes.items()},
+        "n_instances": grid.size,
+        "train_seconds": result.seconds,
+        "model_steps_per_second": grid.size * result.steps_per_second,
+        "non_finite_instances": [grid.coords(i) for i in np.flatnonzero(~finite)],
+        "best_per_cell": cells,
+        "instances": instances,
+    }

@@ -1,0 +1,45 @@
+"""superpos_jax: the science of superposition as pure, vmapped, compiled JAX functions.
+
+Data flow: grid → per-instance hyperparameters → vmapped init → scan of train steps
+(chunked) → final state + loss traces → metrics → figures and summary.json.
+"""
+
+from superpos_jax import checkpoint, data, metrics, plots, prng
+from superpos_jax.data import (
+    check_feature_probability,
+    explicit_importance,
+    geometric_importance,
+    sample_features,
+    uniform_importance,
+)
+from superpos_jax.metrics import (
+    dimensions_per_feature,
+    feature_dimensionality,
+    feature_norms,
+    n_represented,
+    superposition,
+)
+from superpos_jax.models import toy
+from superpos_jax.models.toy import (
+    MODEL_KINDS,
+    AbsParams,
+    ToyParams,
+    abs_task,
+    kind_flags,
+    toy_forward,
+    toy_loss,
+    toy_task,
+)
+from superpos_jax.sweep import Grid, SweepResult, run_sweep
+from superpos_jax.train import OptimConfig, Task, Trainer, TrainState, instance_keys, make_trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_KINDS", "AbsParams", "Grid", "OptimConfig", "SweepResult", "Task", "ToyParams",
+    "TrainState", "Trainer", "abs_task", "check_feature_probability", "checkpoint", "data",
+    "dimensions_per_feature", "explicit_importance", "feature_dimensionality", "feature_norms",
+    "geometric_importance", "instance_keys", "kind_flags", "make_trainer", "metrics",
+    "n_represented", "plots", "prng", "run_sweep", "sample_features", "superposition", "toy",
+    "toy_forward", "toy_loss", "toy_task", "uniform_importance",
+]
