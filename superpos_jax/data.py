@@ -16,10 +16,10 @@ conditioned on that, u / p ~ U[0, 1). All samplers are pure functions of `(key, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from superpos_jax.prng import Generator, uniform
@@ -39,7 +39,7 @@ def uniform_importance(n_features: int) -> Float[np.ndarray, " feature"]:
     return np.ones(n_features, np.float32)
 
 
-def explicit_importance(values: Sequence[float] | np.ndarray) -> Float[np.ndarray, " feature"]:
+def explicit_importance(values: npt.ArrayLike) -> Float[np.ndarray, " feature"]:
     """An importance vector given value by value; must be finite and non-negative."""
     arr = np.asarray(values, np.float32)
     if arr.ndim != 1 or arr.size == 0:
@@ -49,7 +49,7 @@ def explicit_importance(values: Sequence[float] | np.ndarray) -> Float[np.ndarra
     return arr
 
 
-def check_feature_probability(p: ArrayLike, name: str = "feature_probability") -> np.ndarray:
+def check_feature_probability(p: npt.ArrayLike, name: str = "feature_probability") -> np.ndarray:
     """Host-side validation: every probability must lie in [0, 1]. Returns a float32 array."""
     arr = np.asarray(p, np.float32)
     bad = ~((arr >= 0) & (arr <= 1))

@@ -13,24 +13,26 @@ space. Definitions follow *Toy Models of Superposition*:
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 _TINY = 1e-12
 
 
-def feature_norms(W: Float[Array, "hidden feature"]) -> Float[Array, " feature"]:
+def feature_norms(W: Float[ArrayLike, "hidden feature"]) -> Float[Array, " feature"]:
     """‖W_i‖ for every feature."""
+    W = jnp.asarray(W)
     return jnp.sqrt(jnp.sum(W * W, axis=0))
 
 
-def _overlaps(W: Float[Array, "hidden feature"]) -> Float[Array, "feature feature"]:
+def _overlaps(W: Float[ArrayLike, "hidden feature"]) -> Float[Array, "feature feature"]:
     """(Ŵ_i · W_j)² with i along rows; rows of unlearned (zero) features are zero."""
+    W = jnp.asarray(W)
     norms = feature_norms(W)
-    unit = W / jnp.maximum(norms, _TINY)
+    unit = W / jnp.maximum(norms, _TINY)[None, :]
     return jnp.square(unit.T @ W)
 
 
-def superposition(W: Float[Array, "hidden feature"], *, sqrt: bool = False) -> Float[Array, " feature"]:
+def superposition(W: Float[ArrayLike, "hidden feature"], *, sqrt: bool = False) -> Float[Array, " feature"]:
     """Σ_{j≠i} (Ŵ_i · W_j)² per feature (its square root with `sqrt=True`)."""
     overlaps = _overlaps(W)
     value = jnp.sum(overlaps, axis=1) - jnp.diagonal(overlaps)
@@ -38,18 +40,20 @@ def superposition(W: Float[Array, "hidden feature"], *, sqrt: bool = False) -> F
     return jnp.sqrt(value) if sqrt else value
 
 
-def feature_dimensionality(W: Float[Array, "hidden feature"]) -> Float[Array, " feature"]:
+def feature_dimensionality(W: Float[ArrayLike, "hidden feature"]) -> Float[Array, " feature"]:
     """D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)²; 0 for a feature that is not learned at all."""
+    W = jnp.asarray(W)
     norms_sq = jnp.sum(W * W, axis=0)
     denom = jnp.sum(_overlaps(W), axis=1)
     return jnp.where(denom > _TINY, norms_sq / jnp.maximum(denom, _TINY), 0.0)
 
 
-def dimensions_per_feature(W: Float[Array, "hidden feature"]) -> Scalar:
+def dimensions_per_feature(W: Float[ArrayLike, "hidden feature"]) -> Scalar:
     """d_hidden / ‖W‖_F²: 1 with one dedicated dimension each, 1/2 for antipodal pairs, ..."""
+    W = jnp.asarray(W)
     return W.shape[0] / jnp.maximum(jnp.sum(W * W), _TINY)
 
 
-def n_represented(W: Float[Array, "hidden feature"], threshold: float = 0.5) -> Int[Array, ""]:
+def n_represented(W: Float[ArrayLike, "hidden feature"], threshold: float = 0.5) -> Int[Array, ""]:
     """Number of features with ‖W_i‖ > threshold."""
     return jnp.sum(feature_norms(W) > threshold)

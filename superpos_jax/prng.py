@@ -55,16 +55,17 @@ def hash_bits(key: PRNGKeyArray, shape: tuple[int, ...]) -> Array:
 def uniform(
     key: PRNGKeyArray, shape: tuple[int, ...], generator: Generator = "hash"
 ) -> Float[Array, "..."]:
-    """Float32 uniforms on [0, 1).
+    """Float32 uniforms on (0, 1) ("hash") or [0, 1) ("threefry").
 
-    With `generator="hash"` the top 31 bits of `hash_bits` are scaled by 2**-31, so values
-    below 2**-7 keep full float32 resolution (which matters when they are later divided by a
-    small feature probability).
+    With `generator="hash"` the top 31 bits of `hash_bits`, with the lowest of them forced
+    to 1, are scaled by 2**-31: values are never 0 (so a present feature never has magnitude
+    exactly 0), and values below 2**-7 keep full float32 resolution, which matters when they
+    are divided by a small feature probability.
     """
     if generator == "threefry":
         return jax.random.uniform(key, shape, dtype=jnp.float32)
     if generator != "hash":
         raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
     bits = hash_bits(key, shape)
-    u = (bits >> 1).astype(jnp.int32).astype(jnp.float32) * np.float32(2.0**-31)
+    u = ((bits >> 1) | np.uint32(1)).astype(jnp.int32).astype(jnp.float32) * np.float32(2.0**-31)
     return jnp.minimum(u, _LARGEST_BELOW_ONE)

@@ -61,8 +61,8 @@ class Grid:
 
     def column(self, name: str) -> np.ndarray:
         """Per-instance value on axis `name`, shape (size,)."""
-        values = np.asarray(self.axes[name], dtype=object)
-        out = values[self.index(name)]
+        idx = self.index(name)
+        out = np.asarray(self.axes[name], dtype=object)[idx]
         try:
             return out.astype(np.asarray(self.axes[name]).dtype)
         except (TypeError, ValueError):

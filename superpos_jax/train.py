@@ -26,10 +26,11 @@ from typing import Any, Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy.typing as npt
 import optax
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, UInt
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, PyTree, UInt
 
-Hparams = PyTree[Array]
+Hparams = PyTree[ArrayLike]
 Params = PyTree[Array]
 
 SCHEDULES: tuple[str, ...] = ("constant", "warmup", "linear", "cosine")
@@ -107,10 +108,14 @@ def lr_multiplier(optim: OptimConfig) -> Callable[[Array], Array]:
     return factor
 
 
+# Only the learning rate is injected (traced per instance); the rest stay Python floats.
+_STATIC = ("b1", "b2", "eps")
+
+
 def make_optimizer(optim: OptimConfig, learning_rate: Array | float) -> optax.GradientTransformation:
     """Adam/AdamW with the learning rate injected as (per-instance, traced) state."""
     if optim.name == "adamw":
-        base = optax.inject_hyperparams(optax.adamw)(
+        base = optax.inject_hyperparams(optax.adamw, static_args=_STATIC + ("weight_decay",))(
             learning_rate=learning_rate,
             b1=optim.b1,
             b2=optim.b2,
@@ -118,12 +123,18 @@ def make_optimizer(optim: OptimConfig, learning_rate: Array | float) -> optax.Gr
             weight_decay=optim.weight_decay,
         )
     else:
-        base = optax.inject_hyperparams(optax.adam)(
+        base = optax.inject_hyperparams(optax.adam, static_args=_STATIC)(
             learning_rate=learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps
         )
     if optim.schedule == "constant" and optim.warmup_steps == 0:
         return base
     return optax.chain(base, optax.scale_by_schedule(lr_multiplier(optim)))
+
+
+def _optax_promotion():
+    """optax computes e.g. `b1 ** count` (float ** int32), which strict dtype promotion
+    rejects; let the optimizer's own arithmetic use standard promotion."""
+    return jax.numpy_dtype_promotion("standard")
 
 
 class TrainState(eqx.Module):
@@ -167,15 +178,21 @@ class Trainer:
         init_key, data_key = jax.random.split(key)
         params = self.task.init(hparams, key=init_key)
         opt = make_optimizer(self.optim, self._learning_rate(hparams))
-        opt_state = opt.init(eqx.filter(params, eqx.is_array))
+        with _optax_promotion():
+            opt_state = opt.init(eqx.filter(params, eqx.is_array))
         return TrainState(params, opt_state, jnp.int32(0), jax.random.key_data(data_key))
+
+    def batch(self, state: TrainState, hparams: Hparams) -> Any:
+        """The batch one instance trains on at `state.step` (un-jitted, single instance)."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        return self.task.sample(hparams, key=key)
 
     def step_one(self, state: TrainState, hparams: Hparams) -> tuple[TrainState, Float[Array, ""]]:
         """One optimisation step of one instance (un-jitted; `run` scans and vmaps it)."""
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        batch = self.task.sample(hparams, key=key)
+        batch = self.batch(state, hparams)
         loss, grads = jax.value_and_grad(self.task.loss)(state.params, batch, hparams)
-        updates, opt_state = self._opt.update(grads, state.opt_state, state.params)
+        with _optax_promotion():
+            updates, opt_state = self._opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1, state.key), loss
 
@@ -199,6 +216,6 @@ def make_trainer(task: Task, optim: OptimConfig = OptimConfig(), *, log_every: i
     return Trainer(task, optim, log_every)
 
 
-def instance_keys(seeds: Int[Any, " instance"]) -> PRNGKeyArray:
+def instance_keys(seeds: npt.ArrayLike) -> Key[Array, " instance"]:
     """One PRNG key per instance from integer seeds (equal seeds give equal keys)."""
     return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
