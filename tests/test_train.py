@@ -154,3 +154,31 @@ def test_trainer_state_is_a_pytree_of_arrays(trainer):
     leaves = jax.tree.leaves(state)
     assert all(eqx.is_array(x) for x in leaves)
     assert state.key.dtype == jnp.uint32
+
+
+def test_checkpoints_survive_donation_of_their_state(trainer, tmp_path):
+    # Saving is async and the next chunk donates the saved state's buffers: an earlier
+    # checkpoint must still hold exactly the state of that step.
+    from superpos_jax import checkpoint
+
+    hp = _hparams([0.2, 0.7], ["relu", "linear"], [1e-3, 1e-3])
+    keys = instance_keys([1, 2])
+    run_sweep(trainer, hp, keys, n_steps=40, chunk_steps=10, checkpoint_dir=tmp_path, progress=False)
+    reference = run_sweep(trainer, hp, keys, n_steps=30, chunk_steps=10, progress=False)
+    like = (trainer.init(hp, keys), np.zeros((2, 8), np.float32))
+    (state, losses), step = checkpoint.restore(tmp_path, like, step=30)
+    assert step == 30
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(reference.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(losses[:, :6], reference.losses)
+    assert np.isnan(losses[:, 6:]).all()
+
+
+def test_restore_missing_checkpoint_is_a_clear_error(trainer, tmp_path):
+    from superpos_jax import checkpoint
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.restore(tmp_path / "nowhere", {"a": np.zeros(2)})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.restore(tmp_path / "empty", {"a": np.zeros(2)})
