@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from superpos_jax.data import geometric_importance
-from superpos_jax.models.toy import kind_flags, toy_task
+from superpos_jax.models.toy import toy_hparams, toy_task
 from superpos_jax.train import OptimConfig, instance_keys, make_trainer
 
 N_FEATURES = 20
@@ -85,14 +85,12 @@ def instance_probabilities(n_instances: int) -> np.ndarray:
 
 def jax_hparams(n_instances: int) -> dict[str, jax.Array]:
     """Per-instance hparams of the JAX sweep (ReLU-output model), placed on the device."""
-    probs = instance_probabilities(n_instances)
-    importance = geometric_importance(N_FEATURES, IMPORTANCE_BASE)
-    hparams = {
-        "feature_probability": np.repeat(probs[:, None], N_FEATURES, axis=1),
-        "importance": np.tile(importance, (n_instances, 1)),
-        "flags": np.tile(kind_flags("relu"), (n_instances, 1)),
-        "learning_rate": np.full(n_instances, LEARNING_RATE, np.float32),
-    }
+    hparams = toy_hparams(
+        instance_probabilities(n_instances),
+        geometric_importance(N_FEATURES, IMPORTANCE_BASE),
+        ["relu"] * n_instances,
+        LEARNING_RATE,
+    )
     return jax.device_put(hparams)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from superpos_jax import metrics, plots
 from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
 from superpos_jax.data import geometric_importance
-from superpos_jax.models.toy import MODEL_KINDS, kind_flags, toy_task
+from superpos_jax.models.toy import MODEL_KINDS, toy_hparams, toy_task
 from superpos_jax.prng import GENERATORS
 from superpos_jax.sweep import Grid, run_sweep
 from superpos_jax.train import OptimConfig, make_trainer
@@ -73,14 +73,12 @@ def build(cfg: Config):
     """The grid, per-instance hparams, keys and trainer of this experiment."""
     grid = Grid({"model": cfg.models, "feature_probability": cfg.feature_probabilities, "seed": range(cfg.n_seeds)})
     n = cfg.n_features
-    importance = geometric_importance(n, cfg.importance_base)
-    probs = grid.column("feature_probability").astype(np.float32)
-    hparams = {
-        "feature_probability": np.repeat(probs[:, None], n, axis=1),
-        "importance": np.tile(importance, (grid.size, 1)),
-        "flags": np.stack([kind_flags(k) for k in grid.column("model")]),
-        "learning_rate": np.full(grid.size, cfg.learning_rate, np.float32),
-    }
+    hparams = toy_hparams(
+        grid.column("feature_probability"),
+        geometric_importance(n, cfg.importance_base),
+        grid.column("model"),
+        cfg.learning_rate,
+    )
     base = jax.random.key(cfg.seed)
     keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(grid.column("seed"), jnp.uint32))
     task = toy_task(n, cfg.d_hidden, cfg.batch_size, generator=cfg.generator)  # type: ignore[arg-type]

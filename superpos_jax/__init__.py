@@ -27,6 +27,7 @@ from superpos_jax.models.toy import (
     abs_task,
     kind_flags,
     toy_forward,
+    toy_hparams,
     toy_loss,
     toy_task,
 )
@@ -41,5 +42,5 @@ __all__ = [
     "dimensions_per_feature", "explicit_importance", "feature_dimensionality", "feature_norms",
     "geometric_importance", "instance_keys", "kind_flags", "make_trainer", "metrics",
     "n_represented", "plots", "prng", "run_sweep", "sample_features", "superposition", "toy",
-    "toy_forward", "toy_loss", "toy_task", "uniform_importance",
+    "toy_forward", "toy_hparams", "toy_loss", "toy_task", "uniform_importance",
 ]

@@ -23,6 +23,15 @@ def manager(directory: str | Path, *, max_to_keep: int = 2) -> ocp.CheckpointMan
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
+def latest_step(directory: str | Path) -> int | None:
+    """The newest committed checkpoint step in `directory`, or None if it holds none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(steps, default=None)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, tree: PyTree) -> None:
     """Start saving the arrays of `tree` as checkpoint `step` (returns before it is written;
     call `mngr.wait_until_finished()` before exiting)."""

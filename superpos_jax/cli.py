@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from superpos_jax import checkpoint
 from superpos_jax.config import ConfigError, apply_overrides, from_dict, read_json, to_dict, write_json
 
 
@@ -88,7 +89,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cfg = from_dict(module.Config, meta["config"])
     cfg.validate()
     ckpt = out / "checkpoints"
-    if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
+    if checkpoint.latest_step(ckpt) is None:
         raise ConfigError(f"cannot resume {out}: no checkpoint in {ckpt}")
     print(f"resuming {meta['experiment']} in {out}")
     _execute(module, cfg, out, bool(meta.get("quick", False)))

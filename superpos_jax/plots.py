@@ -9,8 +9,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
+
+from superpos_jax import metrics  # noqa: E402
 
 
 def _sparsity_label(p: float) -> str:
@@ -44,11 +48,9 @@ def sparsity_figure(
     weights = np.asarray(weights, np.float64)
     n_models, n_probs, _, n_features = weights.shape
     if superposition is None:
-        norms = np.linalg.norm(weights, axis=2, keepdims=True)
-        unit = weights / np.maximum(norms, 1e-12)
-        overlap = np.einsum("...hi,...hj->...ij", unit, weights) ** 2
-        sup = overlap.sum(-1) - np.einsum("...ii->...i", overlap)
-        superposition = np.sqrt(np.maximum(sup, 0.0))
+        flat = jnp.asarray(weights.reshape(-1, *weights.shape[2:]), jnp.float32)
+        sup = jax.vmap(lambda w: metrics.superposition(w, sqrt=True))(flat)
+        superposition = np.asarray(sup).reshape(n_models, n_probs, n_features)
     cmap_bar = plt.get_cmap("viridis")
     norm_bar = colors.Normalize(0.0, 1.0)
 

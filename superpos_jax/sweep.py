@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -93,26 +93,27 @@ class SweepResult:
     state: TrainState
     losses: np.ndarray
     seconds: float
-    steps_per_second: float = field(default=0.0)
+    steps_per_second: float
 
 
 class Progress:
     """A one-line progress bar: steps, steps/s, and loss quantiles over instances."""
 
-    def __init__(self, total: int, n_instances: int, stream: TextIO | None = None):
-        self.total, self.n_instances = total, n_instances
+    def __init__(self, total: int, n_instances: int, start_step: int = 0, stream: TextIO | None = None):
+        self.total, self.n_instances, self.start_step = total, n_instances, start_step
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.perf_counter()
 
     def update(self, step: int, last_losses: np.ndarray) -> None:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = (step - self.start_step) / elapsed  # steps run by this process, not restored ones
         q = np.nanquantile(last_losses, [0.0, 0.5, 1.0]) if np.isfinite(last_losses).any() else [np.nan] * 3
         width = 24
         done = int(width * step / max(self.total, 1))
         bar = "#" * done + "." * (width - done)
         self.stream.write(
-            f"\r[{bar}] {step}/{self.total} steps  {step / elapsed:,.0f} steps/s  "
-            f"{self.n_instances * step / elapsed:,.0f} model-steps/s  "
+            f"\r[{bar}] {step}/{self.total} steps  {rate:,.0f} steps/s  "
+            f"{self.n_instances * rate:,.0f} model-steps/s  "
             f"loss min/med/max {q[0]:.4g}/{q[1]:.4g}/{q[2]:.4g}"
         )
         self.stream.flush()
@@ -158,13 +159,12 @@ def run_sweep(
     start_step = 0
     mngr = None
     if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        if checkpoint_dir.is_dir() and any(p.name.isdigit() for p in checkpoint_dir.iterdir()):
+        if checkpoint.latest_step(checkpoint_dir) is not None:
             (state, losses), start_step = checkpoint.restore(checkpoint_dir, (state, losses))
             losses = np.array(losses)
         mngr = checkpoint.manager(checkpoint_dir)
 
-    bar = Progress(n_steps, n_instances) if progress else None
+    bar = Progress(n_steps, n_instances, start_step) if progress else None
     t0 = time.perf_counter()
     step = start_step
     try:

@@ -95,3 +95,18 @@ def test_init_is_per_instance_xavier():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown toy model kind"):
         toy.kind_flags("sigmoid")
+
+
+def test_toy_hparams_shapes_and_errors():
+    hp = toy.toy_hparams([1.0, 0.1], 0.7 ** np.arange(4), ["linear", "relu"], 1e-3)
+    assert hp["feature_probability"].shape == (2, 4) and hp["importance"].shape == (2, 4)
+    np.testing.assert_array_equal(hp["flags"], [[0, 0], [0, 1]])
+    np.testing.assert_allclose(hp["learning_rate"], [1e-3, 1e-3])
+    per_feature = toy.toy_hparams(np.full((2, 4), 0.5), np.ones(4), ["relu", "relu"])
+    assert "learning_rate" not in per_feature
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        toy.toy_hparams([1.2, 0.1], np.ones(4), ["relu", "relu"])
+    with pytest.raises(ValueError, match="expected"):
+        toy.toy_hparams([0.1, 0.1, 0.1], np.ones(4), ["relu", "relu"])
+    with pytest.raises(ValueError, match="unknown toy model kind"):
+        toy.toy_hparams([0.1], np.ones(4), ["tanh"])

@@ -6,20 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superpos_jax import Grid, OptimConfig, instance_keys, kind_flags, make_trainer, run_sweep, toy_task
+from superpos_jax import Grid, OptimConfig, geometric_importance, instance_keys, make_trainer, run_sweep, toy_hparams, toy_task
 from superpos_jax.train import lr_multiplier
 
 N, M, BATCH = 6, 2, 64
 
 
 def _hparams(probs, kinds, lrs):
-    probs = np.asarray(probs, np.float32)
-    return {
-        "feature_probability": np.repeat(probs[:, None], N, axis=1),
-        "importance": np.tile((0.9 ** np.arange(N)).astype(np.float32), (len(probs), 1)),
-        "flags": np.stack([kind_flags(k) for k in kinds]),
-        "learning_rate": np.asarray(lrs, np.float32),
-    }
+    return toy_hparams(probs, geometric_importance(N, 0.9), kinds, lrs)
 
 
 @pytest.fixture(scope="module")

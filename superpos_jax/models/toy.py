@@ -23,13 +23,16 @@ notebook, whose init scale depends on how many instances it trains at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Scalar
 
-from superpos_jax.data import sample_features
+from superpos_jax.data import check_feature_probability, sample_features
 from superpos_jax.prng import Generator
 from superpos_jax.train import Task
 
@@ -135,6 +138,46 @@ def abs_loss(
 ) -> Scalar:
     """Loss of the absolute-value model against the target |x|."""
     return weighted_mse(abs_forward(params, x), jnp.abs(x), importance)
+
+
+def toy_hparams(
+    feature_probability: npt.ArrayLike | float,
+    importance: npt.ArrayLike,
+    kinds: Sequence[str] | np.ndarray,
+    learning_rate: npt.ArrayLike | float | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-instance hparams of `toy_task` / `abs_task` for I instances, on the host.
+
+    Args:
+        feature_probability: shape (I,) (one value per instance, all features) or
+            (I, n_features); values in [0, 1].
+        importance: shape (n_features,) shared by all instances, or (I, n_features).
+        kinds: I model kind names (see `MODEL_KINDS`).
+        learning_rate: a scalar or shape (I,); omitted, the optimizer's default is used.
+
+    Returns:
+        dict with `feature_probability` (I, n), `importance` (I, n), `flags` (I, 2) and,
+        when given, `learning_rate` (I,), all float32.
+    """
+    kinds = list(kinds)
+    n_instances = len(kinds)
+    importance = np.asarray(importance, np.float32)
+    n_features = importance.shape[-1]
+    p = check_feature_probability(feature_probability)
+    if p.ndim == 1:
+        p = np.repeat(p[:, None], n_features, axis=1)
+    if p.shape != (n_instances, n_features):
+        raise ValueError(
+            f"feature_probability has shape {p.shape}; expected ({n_instances},) or ({n_instances}, {n_features})"
+        )
+    hparams = {
+        "feature_probability": p,
+        "importance": np.broadcast_to(importance, (n_instances, n_features)).copy(),
+        "flags": np.stack([kind_flags(k) for k in kinds]),
+    }
+    if learning_rate is not None:
+        hparams["learning_rate"] = np.broadcast_to(np.asarray(learning_rate, np.float32), (n_instances,)).copy()
+    return hparams
 
 
 def toy_task(n_features: int, d_hidden: int, batch_size: int, *, generator: Generator = "hash") -> Task:
