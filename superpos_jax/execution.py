@@ -198,12 +198,13 @@ def measure_footprint(trainer: Any, hparams_block: Any, keys_block: Any) -> Foot
 def _probe(trainer: Any, hparams_block: Any, keys_block: Any, per_device: int) -> Footprint | None:
     state = jax.eval_shape(trainer.init, hparams_block, keys_block)
     try:
-        compiled = trainer.run_jit.lower(state, hparams_block, trainer.log_every).compile()
+        compiled = trainer.run_jit.lower(state, hparams_block, trainer.shared, trainer.log_every).compile()
         stats = compiled.memory_analysis()
     except (NotImplementedError, RuntimeError):
         return None
     if stats is None:
         return None
-    args = float(stats.argument_size_in_bytes)
+    shared = sum(a.nbytes for a in jax.tree.leaves(trainer.shared))  # once per device, not per instance
+    args = float(stats.argument_size_in_bytes) - shared
     working = float(stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes)
     return Footprint(call=working / per_device, resident=args / per_device)

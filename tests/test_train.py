@@ -199,3 +199,61 @@ def test_observations_are_recorded_in_the_scan_and_survive_chunking_and_resume(t
         for a, b in zip(jax.tree.leaves(r.observations), jax.tree.leaves(whole.observations), strict=True):
             np.testing.assert_array_equal(a, b)
     assert whole.observations["D"].shape == (3, 8, N) and np.isfinite(whole.observations["D"]).all()
+
+
+def test_decay_over_the_last_steps_and_clipping():
+    factor = lr_multiplier(OptimConfig(schedule="linear", total_steps=100, decay_steps=20))
+    np.testing.assert_allclose([float(factor(jnp.int32(t))) for t in (0, 79, 80, 90, 100)], [1, 1, 1, 0.5, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="decay_steps"):
+        OptimConfig(schedule="constant", decay_steps=10)
+    with pytest.raises(ValueError, match="clip_norm"):
+        OptimConfig(clip_norm=0.0)
+    from superpos_jax.train import make_optimizer
+    import optax
+
+    ours = make_optimizer(OptimConfig(name="adam", learning_rate=0.1, clip_norm=1.0), 0.1)
+    ref = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.1))
+    params = {"w": jnp.ones(3, jnp.float32)}
+    s_ours, s_ref = ours.init(params), ref.init(params)
+    with jax.numpy_dtype_promotion("standard"):
+        for g in (50.0, 0.1, -7.0):
+            grads = {"w": jnp.asarray([g, 2 * g, -g], jnp.float32)}
+            u_ours, s_ours = ours.update(grads, s_ours, params)
+            u_ref, s_ref = ref.update(grads, s_ref, params)
+            np.testing.assert_allclose(np.asarray(u_ours["w"]), np.asarray(u_ref["w"]), rtol=1e-6)
+
+
+def test_task_extensions_shared_aux_prepare_after_update():
+    """`shared` arrays are call arguments (not baked into the program); `prepare`, the aux
+    output and `after_update` see what they should, inside the compiled scan."""
+    from superpos_jax.train import Task
+
+    table = jnp.arange(200_000, dtype=jnp.float32)
+
+    def init(hp, *, key, shared):
+        return {"w": jnp.zeros((), jnp.float32) + shared[1]}
+
+    def sample(hp, *, key, shared):
+        return shared[jax.random.randint(key, (4,), 0, shared.shape[0])] * hp["scale"]
+
+    def loss(params, x, hp):
+        return jnp.mean(jnp.square(params["w"] - x)), {"mean_x": jnp.mean(x)}
+
+    def prepare(hp, state):
+        return {**hp, "scale": hp["scale"] * (state.step + 1).astype(jnp.float32)}
+
+    def after_update(state, x, aux, hp):
+        extra = {"sum_x": state.extra["sum_x"] + aux["mean_x"], "last_scale": hp["scale"]}
+        return eqx.tree_at(lambda s: s.extra, state, extra)
+
+    task = Task(init, sample, loss, has_aux=True, shared=table, prepare=prepare, after_update=after_update,
+                init_extra=lambda params, hp: {"sum_x": jnp.float32(0), "last_scale": jnp.float32(0)})
+    trainer = make_trainer(task, OptimConfig(name="adam"))
+    hp = {"scale": np.asarray([1.0, 2.0], np.float32)}
+    state = trainer.init(hp, instance_keys([0, 1]))
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), [1.0, 1.0])
+    hlo = trainer.run_jit.lower(state, hp, trainer.shared, 3).as_text()
+    assert len(hlo) < 200_000  # 800 KB of shared data would be in the text if it were a constant
+    state, _ = trainer.run(state, hp, 3)
+    np.testing.assert_allclose(np.asarray(state.extra["last_scale"]), [3.0, 6.0])
+    assert np.all(np.asarray(state.extra["sum_x"]) > 0)
