@@ -14,6 +14,13 @@ Two sources:
 * **User arrays**: `ArraySource` streams shuffled batches from an in-memory array or a
   memory-mapped `.npy` file on the host (NumPy), epoch by epoch.
 
+Inside the compiled training loop an SAE reads an *activation source*: a small equinox
+module whose arrays are passed to the compiled call (never baked in) and whose
+`sample(key, batch_size)` draws one (batch, d_in) batch. `GroundTruthSource` (the synthetic
+data above), `ToyHiddenSource` (the hidden layer h = W x of a trained toy model on its own
+sparse features) and `ArrayRows` (rows of a device-resident array of stored activations,
+i.i.d. uniform; load a memory-mapped `.npy` with `ArrayRows.load`).
+
 Correlation model (`correlation` = ρ ∈ [0, 1]): per example one shared latent uniform v.
 Each feature i independently "follows the latent" with probability ρ, in which case its
 firing uniform is v, and otherwise draws its own uniform; it fires iff that uniform is
@@ -27,11 +34,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from superpos_jax.data import sample_features
+from superpos_jax.prng import Generator
 
 
 def ground_truth_dictionary(n_gt: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n_gt d"]:
@@ -112,6 +123,106 @@ def sample_ground_truth(
     magnitude = jax.random.uniform(k_mag, (batch_size, n_gt), jnp.float32)
     codes = jnp.where(u < p[None, :], magnitude, 0.0)
     return codes @ dictionary, codes
+
+
+def _as_f32(a: npt.ArrayLike) -> Array:
+    return jnp.asarray(a, jnp.float32)
+
+
+class GroundTruthSource(eqx.Module):
+    """Synthetic ground-truth activations (`sample_ground_truth`) as an in-loop source.
+
+    Attributes: dictionary (n_gt, d_in) rows of unit norm; firing_probability (n_gt,);
+    correlation () ρ of the shared-latent model.
+    """
+
+    dictionary: Float[Array, "n_gt d_in"]
+    firing_probability: Float[Array, " n_gt"]
+    correlation: Float[Array, ""]
+
+    def __init__(
+        self,
+        dictionary: npt.ArrayLike,
+        firing_probability: npt.ArrayLike,
+        correlation: npt.ArrayLike | float = 0.0,
+    ):
+        self.dictionary = jnp.asarray(dictionary, jnp.float32)
+        self.firing_probability = jnp.asarray(firing_probability, jnp.float32)
+        self.correlation = jnp.asarray(correlation, jnp.float32)
+        if self.dictionary.ndim != 2 or self.firing_probability.shape != self.dictionary.shape[:1]:
+            raise ValueError(
+                f"dictionary must be (n_gt, d_in) and firing_probability (n_gt,); got "
+                f"{self.dictionary.shape} and {self.firing_probability.shape}"
+            )
+
+    @property
+    def d_in(self) -> int:
+        return int(self.dictionary.shape[1])
+
+    def sample(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, "batch d_in"]:
+        """A (batch, d_in) batch of activations."""
+        x, _ = sample_ground_truth(
+            key, self.dictionary, self.firing_probability, batch_size, correlation=self.correlation
+        )
+        return x
+
+
+class ToyHiddenSource(eqx.Module):
+    """The hidden layer h = W x of a trained toy model, x its sparse features (data.py's
+    sampler, magnitudes U[0, 1]). The model's feature directions are W's columns.
+
+    Attributes: W (d_hidden, n_features); feature_probability (n_features,); generator.
+    """
+
+    W: Float[Array, "d_hidden feature"] = eqx.field(converter=_as_f32)
+    feature_probability: Float[Array, " feature"] = eqx.field(converter=_as_f32)
+    generator: Generator = eqx.field(static=True, default="hash")
+
+    def __post_init__(self) -> None:
+        if self.W.ndim != 2 or self.feature_probability.shape != self.W.shape[1:]:
+            raise ValueError(
+                f"W must be (d_hidden, n_features) and feature_probability (n_features,); got "
+                f"{self.W.shape} and {self.feature_probability.shape}"
+            )
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W.shape[0])
+
+    def sample(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, "batch d_in"]:
+        """A (batch, d_hidden) batch of hidden activations."""
+        x = sample_features(key, self.feature_probability, self.W.shape[1], batch_size, generator=self.generator)
+        return (self.W @ x).T
+
+
+class ArrayRows(eqx.Module):
+    """Rows of a device-resident array of activations, drawn i.i.d. uniformly per batch.
+
+    Attributes: x (n_rows, d_in) float32.
+    """
+
+    x: Float[Array, "rows d_in"]
+
+    @classmethod
+    def load(
+        cls, array_or_path: npt.ArrayLike | str | os.PathLike, *, max_rows: int | None = None, seed: int = 0
+    ) -> ArrayRows:
+        """From an array or a (memory-mapped) `.npy` file; with `max_rows`, a uniformly chosen
+        subset of that many rows (read in sorted order from the map)."""
+        data = ArraySource(array_or_path, 1, seed=seed).data
+        if max_rows is not None and data.shape[0] > max_rows:
+            _check_positive_int("max_rows", max_rows)
+            rows = np.sort(np.random.default_rng(seed).choice(data.shape[0], max_rows, replace=False))
+            data = data[rows]
+        return cls(jnp.asarray(np.asarray(data, np.float32)))
+
+    @property
+    def d_in(self) -> int:
+        return int(self.x.shape[1])
+
+    def sample(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, "batch d_in"]:
+        """A (batch, d_in) batch of rows drawn uniformly with replacement."""
+        return self.x[jax.random.randint(key, (batch_size,), 0, self.x.shape[0])]
 
 
 class ArraySource:
