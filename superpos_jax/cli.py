@@ -3,6 +3,7 @@
     superpos list
     superpos run NAME [--quick] [--out DIR] [--set key=value ...] [execution options]
     superpos resume DIR [execution options]
+    superpos steer RUN --feature N --value X [--values X ...] [--n-new K] "prompt"
 
 Execution options (none changes results): --devices N, --max-instances-per-call N,
 --memory-fraction F, and for multi-process jobs --distributed [--coordinator HOST:PORT
@@ -148,6 +149,32 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steer(args: argparse.Namespace) -> int:
+    from superpos_jax import steering
+    from superpos_jax.tokenizer import ByteTokenizer
+
+    values = list(args.values or [])
+    if args.value is not None:
+        values.insert(0, args.value)
+    if not values:
+        raise ConfigError("give --value X (and optionally --values X1 X2 ... for a sweep)")
+    run = steering.load_run(args.run)
+    try:
+        steering.check_request(run, args.feature, args.prompt)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"prompt: {args.prompt!r}")
+    print(f"unsteered: {steering.steer_generate(run, args.prompt, args.feature, None, args.n_new)!r}")
+    for v in values:
+        print(f"feature {args.feature} = {v:g}: {steering.steer_generate(run, args.prompt, args.feature, v, args.n_new)!r}")
+    probs = steering.next_token_sweep(run, args.prompt, args.feature, values)
+    decode = ByteTokenizer().decode
+    for v, p in zip(values, probs):
+        top = p.argsort()[::-1][:5]
+        print(f"  next token at {v:g}: " + ", ".join(f"{decode([int(t)])!r} {p[t]:.2f}" for t in top))
+    return 0
+
+
 def _add_execution_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution (does not change results)")
     g.add_argument("--devices", type=int, help="use the first N devices (default: all)")
@@ -174,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("dir")
     _add_execution_options(resume)
     resume.set_defaults(func=cmd_resume)
+    steer = sub.add_parser("steer", help="generate with one SAE feature of a run clamped")
+    steer.add_argument("run", help="a run directory with model/ and sae/ (e.g. from `run monosemanticity`)")
+    steer.add_argument("prompt")
+    steer.add_argument("--feature", type=int, required=True, help="SAE feature index")
+    steer.add_argument("--value", type=float, help="clamp value")
+    steer.add_argument("--values", type=float, nargs="+", help="more clamp values (one vmapped next-token sweep)")
+    steer.add_argument("--n-new", type=int, default=40, help="bytes to generate")
+    steer.set_defaults(func=cmd_steer)
     return parser
 
 

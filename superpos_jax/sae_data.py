@@ -201,7 +201,7 @@ class ArrayRows(eqx.Module):
     Attributes: x (n_rows, d_in) float32.
     """
 
-    x: Float[Array, "rows d_in"]
+    x: Float[Array, "rows d_in"] = eqx.field(converter=_as_f32)
 
     @classmethod
     def load(
@@ -214,7 +214,7 @@ class ArrayRows(eqx.Module):
             _check_positive_int("max_rows", max_rows)
             rows = np.sort(np.random.default_rng(seed).choice(data.shape[0], max_rows, replace=False))
             data = data[rows]
-        return cls(jnp.asarray(np.asarray(data, np.float32)))
+        return cls(np.asarray(data, np.float32))
 
     @property
     def d_in(self) -> int:

@@ -100,3 +100,18 @@ def load_sae(directory: str | os.PathLike[str]) -> tuple[str, SAEParams, dict[st
     if kind == "topk":
         hparams["k"] = float(cfg.get("k") or cfg["activation_fn_kwargs"]["k"])
     return kind, params, hparams
+
+
+def inference_params(kind: str, params: SAEParams, *, input_scale: float = 1.0,
+                     threshold: float | None = None) -> tuple[str, SAEParams]:
+    """One trained SAE as `(kind, params)` acting on RAW activations at inference: the input
+    scale folded in, and BatchTopK turned into the JumpReLU at its running `threshold`."""
+    weights, _ = to_weights(kind, params, input_scale=input_scale, threshold=threshold)
+    b_enc = weights.get("b_enc", weights.get("b_gate"))
+    log_threshold = np.log(np.maximum(weights["threshold"], 1e-30)) if "threshold" in weights else params.log_threshold
+    folded = SAEParams(
+        W_enc=jnp.asarray(weights["W_enc"]), b_enc=jnp.asarray(b_enc), W_dec=jnp.asarray(weights["W_dec"]),
+        b_dec=jnp.asarray(weights["b_dec"]), log_threshold=jnp.asarray(log_threshold, jnp.float32),
+        r_mag=params.r_mag, b_mag=params.b_mag,
+    )
+    return ("jumprelu" if kind == "batchtopk" else kind), folded

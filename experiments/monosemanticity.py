@@ -1,0 +1,294 @@
+"""Towards Monosemanticity, small: a one-layer transformer with a ReLU MLP trained on a real
+corpus (default: the Python standard library's own source, byte tokens), its MLP activations
+decomposed by sparse autoencoders, read in a feature browser and steered.
+
+Pipeline (each training stage is one compiled, checkpointed, resumable sweep):
+1. the language model (seeds vmapped; the lowest validation loss is kept), its validation
+   loss against the unigram baseline;
+2. MLP activations `blocks.0.mlp.post` harvested on training windows (and on validation
+   windows for evaluation);
+3. SAEs on them, one sweep over k (TopK) or λ; per SAE: L0, FVU, dead fraction and the CE
+   loss recovered = (CE_zero-ablated − CE_spliced) / (CE_zero-ablated − CE_clean), with the
+   SAE's reconstruction spliced in place of the MLP activations on validation windows;
+4. a feature browser (browser/index.html) for the best SAE and, for contrast, the MLP
+   neurons: density, top-activating contexts, promoted logits (direct path W_dec·W_out·W_U),
+   and the top-token purity of each unit (features vs neurons);
+5. steering: a feature clamped to multiples of its maximum activation at every position,
+   all clamp values in one vmapped call; the next-token distributions go into the summary.
+The trained model and the best SAE are saved (model/, sae/ in the SAELens layout) for
+`superpos steer RUN --feature N --value X "prompt"`.
+
+Defaults are sized for a 2-core CPU (a few minutes); Anthropic's model is d_model=128 with
+512 neurons, which is the default here too, trained on far fewer tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from superpos_jax import feature_browser, plots
+from superpos_jax.config import check_choices, check_positive_int, fail, to_dict
+from superpos_jax.corpus import eval_windows, load_corpus, sample_windows, unigram_cross_entropy
+from superpos_jax.distributed import is_primary
+from superpos_jax.execution import Execution
+from superpos_jax.interventions import ClampFeature, SpliceSAE, ZeroAblate
+from superpos_jax.lm_task import CorpusWindows, lm_task
+from superpos_jax.models import sae as sae_lib
+from superpos_jax.models.transformer import TransformerConfig, TransformerParams, forward, per_token_loss
+from superpos_jax.plots import sae as sae_plots
+from superpos_jax.plots.base import save
+from superpos_jax.sae_data import ArrayRows
+from superpos_jax.sae_io import inference_params, save_sae
+from superpos_jax.sae_training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.sweep import Grid, run_sweep
+from superpos_jax.tokenizer import ByteTokenizer
+from superpos_jax.train import OptimConfig, make_trainer
+from superpos_jax.transformer_io import save_transformer
+
+NAME = "monosemanticity"
+DESCRIPTION = "1-layer ReLU-MLP transformer on the stdlib source, SAEs on its MLP, feature browser, steering"
+HOOK = "blocks.0.mlp.post"
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    corpus_dir: str | None = None
+    max_bytes: int = 4_000_000
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_ctx: int = 64
+    n_seeds: int = 1
+    lm_steps: int = 3_000
+    lm_batch: int = 32
+    lm_learning_rate: float = 3e-3
+    harvest_windows: int = 2_048
+    eval_windows: int = 256
+    sae_kind: str = "topk"
+    sae_expansion: int = 2
+    sae_coefficients: tuple[float, ...] = (16.0, 32.0)
+    sae_steps: int = 2_000
+    sae_batch: int = 512
+    sae_learning_rate: float = 1e-3
+    chunk_steps: int = 1_000
+    log_every: int = 50
+    browser_units: int = 40
+    steer_prompt: str = "def __init__(self"
+    steer_multiples: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0)
+
+    def validate(self) -> None:
+        check_positive_int(self, "max_bytes", "d_model", "n_heads", "d_mlp", "n_ctx", "n_seeds", "lm_steps",
+                           "lm_batch", "harvest_windows", "eval_windows", "sae_expansion", "sae_steps",
+                           "sae_batch", "chunk_steps", "log_every", "browser_units")
+        check_choices(self, "sae_kind", sae_lib.SAE_KINDS)
+        if self.d_model % self.n_heads:
+            fail("d_model", self.d_model, f"a multiple of n_heads={self.n_heads}")
+        for name in ("lm_learning_rate", "sae_learning_rate"):
+            if not getattr(self, name) > 0:
+                fail(name, getattr(self, name), "> 0")
+        for name in ("lm_steps", "sae_steps", "chunk_steps"):
+            if getattr(self, name) % self.log_every:
+                fail(name, getattr(self, name), f"a multiple of log_every={self.log_every}")
+        if not self.sae_coefficients or any(not c > 0 for c in self.sae_coefficients):
+            fail("sae_coefficients", self.sae_coefficients, "a non-empty tuple of values > 0 (k or λ)")
+        if self.sae_kind in ("topk", "batchtopk") and any(c != int(c) or c > self.d_mlp * self.sae_expansion
+                                                          for c in self.sae_coefficients):
+            fail("sae_coefficients", self.sae_coefficients, "integers k <= the dictionary size for a TopK SAE")
+        if len(self.steer_prompt.encode()) + 1 > self.n_ctx:
+            fail("steer_prompt", self.steer_prompt, f"shorter than n_ctx={self.n_ctx} bytes")
+        if self.corpus_dir is not None and not Path(self.corpus_dir).is_dir():
+            fail("corpus_dir", self.corpus_dir, "an existing directory of text files")
+
+
+QUICK = {
+    "max_bytes": 400_000, "d_model": 32, "n_heads": 2, "d_mlp": 128, "n_ctx": 32, "lm_steps": 400,
+    "harvest_windows": 512, "eval_windows": 64, "sae_steps": 400, "sae_batch": 256, "sae_coefficients": (8.0, 16.0),
+    "chunk_steps": 400, "browser_units": 12, "steer_prompt": "def ",
+}
+
+
+def model_config(cfg: Config) -> TransformerConfig:
+    return TransformerConfig(n_layers=1, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_model // cfg.n_heads,
+                             d_mlp=cfg.d_mlp, n_ctx=cfg.n_ctx, d_vocab=256, act="relu")
+
+
+def sae_training(cfg: Config) -> SAETraining:
+    return SAETraining(cfg.sae_kind, cfg.d_mlp, cfg.d_mlp * cfg.sae_expansion, batch_size=cfg.sae_batch,
+                       dead_steps=max(cfg.sae_steps // 4, 1), recipe="2024" if cfg.sae_kind in ("relu", "gated") else "2023",
+                       resample_every=0, l1_warmup_steps=cfg.sae_steps // 20)
+
+
+def _take(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda a: jnp.asarray(a[i]), tree)
+
+
+def _fingerprint(cfg: Config, corpus_fingerprint: str, stage: str) -> dict[str, Any]:
+    return {"experiment": NAME, "config": to_dict(cfg), "corpus": corpus_fingerprint, "stage": stage}
+
+
+def _mean_loss(params: TransformerParams, windows: jax.Array, hooks: dict | None = None, batch: int = 64) -> float:
+    fn = jax.jit(lambda p, w, h: jnp.mean(per_token_loss(p, w, h)))
+    losses = [float(fn(params, windows[i : i + batch], hooks or {})) for i in range(0, windows.shape[0], batch)]
+    sizes = [min(batch, windows.shape[0] - i) for i in range(0, windows.shape[0], batch)]
+    return float(np.average(losses, weights=sizes))
+
+
+def _harvest(params: TransformerParams, windows: jax.Array, batch: int = 64) -> np.ndarray:
+    """MLP activations (n_windows, pos, d_mlp) on `windows`."""
+    fn = jax.jit(lambda p, w: forward(p, w, cache_names=(HOOK,))[1][HOOK])
+    return np.concatenate([np.asarray(fn(params, windows[i : i + batch])) for i in range(0, windows.shape[0], batch)])
+
+
+def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+    corpus = load_corpus(cfg.corpus_dir, max_bytes=cfg.max_bytes)
+    mcfg = model_config(cfg)
+    figures = out_dir / "figures"
+
+    # 1. the language model
+    lm_grid = Grid({"seed": range(cfg.n_seeds)})
+    optim = OptimConfig(name="adamw", learning_rate=cfg.lm_learning_rate, weight_decay=0.01, schedule="cosine",
+                        warmup_steps=min(100, cfg.lm_steps // 10), total_steps=cfg.lm_steps, final_fraction=0.1)
+    trainer = make_trainer(lm_task(mcfg, CorpusWindows(corpus.train, cfg.n_ctx), cfg.lm_batch), optim, log_every=cfg.log_every)
+    lm_hp = {"learning_rate": np.full(lm_grid.size, cfg.lm_learning_rate, np.float32)}
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed), s))(jnp.arange(cfg.n_seeds, dtype=jnp.uint32))
+    lm = run_sweep(trainer, lm_hp, keys, n_steps=cfg.lm_steps, chunk_steps=cfg.chunk_steps,
+                   checkpoint_dir=out_dir / "checkpoints" / "lm", progress=progress, execution=execution, grid=lm_grid,
+                   fingerprint=_fingerprint(cfg, corpus.fingerprint, "lm"))
+    val = eval_windows(corpus.val, min(cfg.eval_windows, corpus.val.size // cfg.n_ctx), cfg.n_ctx)
+    val_losses = [_mean_loss(_take(lm.state.params, i), val) for i in range(cfg.n_seeds)]
+    best_seed = int(np.nanargmin(val_losses))
+    model = _take(lm.state.params, best_seed)
+    unigram = unigram_cross_entropy(corpus.train, corpus.val, 256)
+
+    # 2. activations
+    harvest_key = jax.random.key(cfg.seed + 1)
+    train_windows = sample_windows(corpus.train, key=harvest_key, batch_size=cfg.harvest_windows, seq_len=cfg.n_ctx)
+    acts = _harvest(model, train_windows).reshape(-1, cfg.d_mlp)
+    val_acts = _harvest(model, val)  # (n_val, pos, d_mlp)
+
+    # 3. SAEs
+    training = sae_training(cfg)
+    coef_name = "k" if cfg.sae_kind in ("topk", "batchtopk") else "l1_coefficient"
+    sae_grid = Grid({coef_name: cfg.sae_coefficients})
+    sae_hp = sae_hparams(training, **{coef_name: np.asarray(cfg.sae_coefficients, np.float32)})
+    sae_trainer = make_trainer(sae_task(training, ArrayRows(acts)), recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate),
+                               log_every=cfg.log_every)
+    sae_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed + 2), s))(jnp.arange(sae_grid.size, dtype=jnp.uint32))
+    saes = run_sweep(sae_trainer, sae_hp, sae_keys, n_steps=cfg.sae_steps, chunk_steps=cfg.chunk_steps,
+                     checkpoint_dir=out_dir / "checkpoints" / "sae", progress=progress, execution=execution, grid=sae_grid,
+                     fingerprint=_fingerprint(cfg, corpus.fingerprint, "sae"))
+    flat_val = jnp.asarray(val_acts.reshape(-1, cfg.d_mlp))
+    ev = batched_evaluate(training, saes.state, flat_val, sae_hp)
+    ce_clean = val_losses[best_seed]
+    ce_ablated = _mean_loss(model, val, {HOOK: ZeroAblate()})
+    records, folded = [], []
+    for i in range(sae_grid.size):
+        kind, params = inference_params(training.kind, _take(saes.state.params, i),
+                                        input_scale=float(saes.state.extra["input_scale"][i]),
+                                        threshold=float(saes.state.extra["threshold"][i]))
+        hp = {k: jnp.asarray(v[i]) for k, v in sae_hp.items()}
+        folded.append((params, hp))
+        ce_spliced = _mean_loss(model, val, {HOOK: SpliceSAE(params, kind, hp)})
+        recovered = (ce_ablated - ce_spliced) / max(ce_ablated - ce_clean, 1e-9)
+        records.append({
+            "coords": sae_grid.coords(i), "l0": float(ev["l0"][i]), "fvu": float(ev["fvu"][i]),
+            "dead_fraction": float(np.mean(ev["fired"][i] == 0)), "ce_with_sae": ce_spliced,
+            "ce_loss_recovered": float(recovered), "final_train_loss": float(np.nanmean(saes.losses[i, -5:])),
+        })
+    best = int(np.argmax([r["ce_loss_recovered"] for r in records]))
+    best_params, enc_hp = folded[best]
+
+    # 4. feature browser
+    f_val = np.asarray(jax.jit(lambda x: sae_lib.encode(kind, best_params, x, enc_hp))(flat_val)).reshape(val_acts.shape[:2] + (-1,))
+    tokens = np.asarray(val)
+    W_out, W_U = np.asarray(model.blocks[0].mlp.W_out), np.asarray(model.W_U)
+    feature_logits = np.asarray(best_params.W_dec).T @ W_out @ W_U  # (d_sae, vocab)
+    neuron_logits = W_out @ W_U  # (d_mlp, vocab)
+    density = np.mean(f_val > 0, axis=(0, 1))
+    alive = np.flatnonzero(density > 0)
+    rng = np.random.default_rng(cfg.seed)
+    shown = np.sort(rng.choice(alive, min(cfg.browser_units, alive.size), replace=False)) if alive.size else alive
+    neurons = np.arange(min(cfg.browser_units, cfg.d_mlp))
+    feature_entries = feature_browser.describe_units(f_val, tokens, feature_logits, shown)
+    neuron_entries = feature_browser.describe_units(val_acts, tokens, neuron_logits, neurons)
+    feature_purity = feature_browser.top_token_purity(f_val[:, :, alive], tokens) if alive.size else np.zeros(0)
+    neuron_purity = feature_browser.top_token_purity(val_acts, tokens)
+    neuron_density = np.mean(val_acts > 0, axis=(0, 1))
+
+    # 5. steering: the purest frequent feature, clamp values vmapped in one call
+    candidates = alive[density[alive] > 1e-3] if alive.size else alive
+    pick = int(candidates[np.argmax(feature_browser.top_token_purity(f_val[:, :, candidates], tokens))]) if candidates.size else 0
+    max_act = float(f_val[:, :, pick].max()) if f_val.size else 0.0
+    values = jnp.asarray([m * max_act for m in cfg.steer_multiples], jnp.float32)
+    prompt = jnp.asarray(ByteTokenizer().encode(cfg.steer_prompt))[None, :]
+
+    def next_token(value: jax.Array) -> jax.Array:
+        hook = ClampFeature(best_params, kind, pick, value, enc_hp)
+        logits, _ = forward(model, prompt, {HOOK: hook}, cache_names=())
+        return jax.nn.softmax(logits[0, -1])
+
+    probs = np.asarray(jax.jit(jax.vmap(next_token))(values))  # (n_values, vocab)
+    clean_probs = np.asarray(jax.nn.softmax(forward(model, prompt, cache_names=())[0][0, -1]))
+    steering = []
+    for m, p in zip(cfg.steer_multiples, probs):
+        top = np.argsort(-p)[:5]
+        kl = float(np.sum(p * (np.log(p + 1e-12) - np.log(clean_probs + 1e-12))))
+        steering.append({"multiple_of_max": m, "value": m * max_act, "kl_from_clean": kl,
+                         "top_next_tokens": [[bytes([int(t)]).decode("latin-1"), float(p[t])] for t in top]})
+
+    if is_primary():
+        save_transformer(out_dir / "model", model)
+        save_sae(out_dir / "sae", kind, best_params, hook_name=HOOK, model_name=f"superpos-{NAME}",
+                 k=int(enc_hp["k"]) if "k" in enc_hp else None)
+        _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram)
+        feature_browser.write_browser(
+            out_dir / "browser" / "index.html", f"{NAME}: SAE features vs MLP neurons",
+            [(f"SAE features (random sample of live features of SAE {sae_grid.coords(best)})", feature_entries),
+             ("MLP neurons (first ones)", neuron_entries)],
+            notes=(f"Model: 1 layer, d_model={cfg.d_model}, {cfg.d_mlp} ReLU neurons, byte tokens; validation loss "
+                   f"{ce_clean:.3f} nats (unigram {unigram:.3f}). Highlight = activation / the unit's max; "
+                   f"logits = direct path through W_out and W_U (ignoring the final LayerNorm)."),
+        )
+    return {
+        "corpus": {"root": str(corpus.root), "train_bytes": int(corpus.train.size), "val_bytes": int(corpus.val.size),
+                   "fingerprint": corpus.fingerprint},
+        "lm": {"val_loss_per_seed": val_losses, "best_seed": best_seed, "val_loss": ce_clean,
+               "unigram_baseline": unigram, "below_unigram_by": unigram - ce_clean,
+               "zero_ablated_mlp_loss": ce_ablated, "train_seconds": lm.seconds,
+               "final_train_loss": float(np.nanmean(lm.losses[best_seed, -5:]))},
+        "sae": {"kind": cfg.sae_kind, "d_sae": training.d_sae, "instances": records, "best": best,
+                "best_ce_loss_recovered": records[best]["ce_loss_recovered"], "train_seconds": saes.seconds},
+        "browser": {"features_alive": int(alive.size), "features_total": training.d_sae,
+                    "feature_purity_mean": float(np.mean(feature_purity)) if feature_purity.size else 0.0,
+                    "neuron_purity_mean": float(np.mean(neuron_purity)),
+                    "neurons_alive": int(np.sum(neuron_density > 0))},
+        "steering": {"feature": pick, "max_activation": max_act, "prompt": cfg.steer_prompt, "values": steering},
+    }
+
+
+def _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram):
+    plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], figures / "lm_loss.png",
+                      log_every=cfg.log_every)
+    plots.loss_curves(saes.losses, [str(r["coords"]) for r in records], figures / "sae_loss.png", log_every=cfg.log_every)
+    save(sae_plots.density_histograms({"SAE features": density, "MLP neurons": neuron_density}), figures / "density.png")
+    save(sae_plots.pareto(np.asarray([r["l0"] for r in records]), np.asarray([r["fvu"] for r in records]),
+                          groups=[cfg.sae_kind] * len(records)), figures / "pareto.png")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    bins = np.linspace(0, 1, 21)
+    ax.hist(neuron_purity, bins=bins, alpha=0.6, label=f"MLP neurons (mean {np.mean(neuron_purity):.2f})")
+    if feature_purity.size:
+        ax.hist(feature_purity, bins=bins, alpha=0.6, label=f"SAE features (mean {np.mean(feature_purity):.2f})", density=False)
+    ax.set_xlabel("top-token purity (fraction of top-50 activations on the unit's commonest byte)")
+    ax.set_ylabel("units")
+    ax.legend()
+    ax.set_title("monosemantic features vs polysemantic neurons")
+    save(fig, figures / "purity.png")
