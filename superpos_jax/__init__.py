@@ -4,7 +4,30 @@ Data flow: grid → per-instance hyperparameters → vmapped init → scan of tr
 (chunked) → final state + loss traces → metrics → figures and summary.json.
 """
 
-from superpos_jax import adversarial, checkpoint, data, distributed, execution, metrics, plots, prng, theory
+from superpos_jax import (
+    adversarial,
+    checkpoint,
+    corpus,
+    data,
+    distributed,
+    erasure,
+    execution,
+    feature_browser,
+    interventions,
+    lm_task,
+    metrics,
+    plots,
+    prng,
+    sae_data,
+    sae_io,
+    sae_metrics,
+    sae_training,
+    scaling_law,
+    steering,
+    theory,
+    tokenizer,
+    transformer_io,
+)
 from superpos_jax.data import (
     PAIR_KINDS,
     check_feature_probability,
@@ -21,7 +44,12 @@ from superpos_jax.metrics import (
     n_represented,
     superposition,
 )
-from superpos_jax.models import correlated, toy
+from superpos_jax.models import correlated, sae, toy, transformer
+from superpos_jax.models.sae import SAE_KINDS, SAEParams
+from superpos_jax.models.transformer import TransformerConfig, TransformerParams, forward, init_transformer
+from superpos_jax.sae_training import SAETraining, sae_hparams, sae_task
+from superpos_jax.erasure import LeaceEraser, fit_leace
+from superpos_jax.lm_task import CorpusWindows, RepeatedTokens, lm_task as make_lm_task
 from superpos_jax.models.correlated import correlated_hparams, correlated_task
 from superpos_jax.models.toy import (
     MODEL_KINDS,
@@ -42,6 +70,10 @@ from superpos_jax.train import OptimConfig, Task, Trainer, TrainState, instance_
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAE_KINDS", "SAEParams", "SAETraining", "TransformerConfig", "TransformerParams", "forward", "init_transformer",
+    "sae_hparams", "sae_task", "LeaceEraser", "fit_leace", "CorpusWindows", "RepeatedTokens", "make_lm_task",
+    "corpus", "erasure", "feature_browser", "interventions", "lm_task", "sae", "sae_data", "sae_io", "sae_metrics",
+    "sae_training", "scaling_law", "steering", "tokenizer", "transformer", "transformer_io",
     "MODEL_KINDS", "PAIR_KINDS", "AbsParams", "BlockPlan", "Execution", "Grid", "OptimConfig", "Preempted",
     "SweepResult", "Task", "ToyParams", "TrainState", "Trainer", "abs_task",
     "adversarial", "check_feature_probability", "checkpoint", "correlated", "correlated_hparams",
