@@ -4,8 +4,9 @@ A token source is an equinox module whose arrays reach the compiled loop as call
 (`Task.shared`) and whose `sample(key, batch_size)` draws int32 (batch, seq_len) sequences:
 
 * `CorpusWindows`: random windows of a tokenised corpus (`superpos_jax.corpus`);
-* `RepeatedTokens`: sequences whose second half repeats a uniformly random first half (the
-  in-context task on which induction heads form).
+* `RepeatedTokens`: sequences whose second half repeats a uniformly random first half. With a
+  fixed period a model with learned positions solves it by positional copying, without
+  induction heads; `induction.RandomPeriodRepeats` (random period) is the induction task.
 
 `lm_task(cfg, source, batch_size)` trains `models.transformer` on next-token cross-entropy
 (optionally only on the positions `loss_from` onwards); seeds and learning rates are swept
