@@ -282,13 +282,15 @@ def _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_p
                           groups=[cfg.sae_kind] * len(records)), figures / "pareto.png")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
     bins = np.linspace(0, 1, 21)
-    ax.hist(neuron_purity, bins=bins, alpha=0.6, label=f"MLP neurons (mean {np.mean(neuron_purity):.2f})")
-    if feature_purity.size:
-        ax.hist(feature_purity, bins=bins, alpha=0.6, label=f"SAE features (mean {np.mean(feature_purity):.2f})", density=False)
-    ax.set_xlabel("top-token purity (fraction of top-50 activations on the unit's commonest byte)")
-    ax.set_ylabel("units")
-    ax.legend()
+    for values, label in ((neuron_purity, "MLP neurons"), (feature_purity, "SAE features")):
+        if values.size:
+            ax.hist(values, bins=bins, alpha=0.6, weights=np.full(values.size, 1.0 / values.size),
+                    label=f"{label} (n={values.size}, mean {np.mean(values):.2f})")
+    ax.set_xlabel("top-token purity: share of the top-50 activations on the unit's commonest byte")
+    ax.set_ylabel("fraction of units")
+    ax.legend(loc="upper left")
     ax.set_title("monosemantic features vs polysemantic neurons")
+    fig.tight_layout()
     save(fig, figures / "purity.png")
