@@ -1,0 +1,224 @@
+"""A scaling-law study of SAEs: held-out loss against dictionary size and training compute.
+
+Data: synthetic ground truth (`sae_data.GroundTruthSource`) with many more features than
+dimensions, 512 random unit directions in 32 dimensions, firing with probabilities decaying
+as 0.993^i (4 active per example on average), so that the rare features keep rewarding larger
+dictionaries. TopK SAEs with a fixed k = 4 and dictionary sizes N = 32 … 512 (×2 steps; each
+size its own compiled sweep) train with constant-rate Adam for 1600 steps of 256 examples.
+
+Several training lengths from one run: every `log_every` steps the trainer's `observe` hook
+scores the current SAE on a fixed held-out batch (a constant of the compiled program), giving
+the held-out FVU after s steps for every s. With a constant learning rate (the TopK recipe has
+no schedule) the state after s steps is exactly that of an s-step run, so the curve read at
+s = n_steps / 2^j stands for runs of those lengths. The compute of a (N, s) point is
+`scaling_law.sae_training_flops(d_in, N, s · batch)`; sizes and lengths both double, so
+points with equal N·s share a compute budget exactly (IsoFLOP profiles).
+
+Results: L(N) = a·N^(−b) + c fitted to the longest-trained loss of each size; the compute
+frontier N_opt(C) = k·C^e (`scaling_law.compute_optimal`) over the budgets that have at least
+three sizes (the optimum refined by a parabola in log N through its neighbours, so N_opt is
+not restricted to the ×2 grid); and a power law in C fitted to the loss frontier. The "loss" throughout is the
+held-out FVU (fraction of variance unexplained), which is the MSE in units of the data's
+variance. The default is sized for a shared 2-core CPU, where drawing the (batch, n_gt)
+ground-truth firing pattern dominates a step; a larger study is e.g. `--set n_ground_truth=4096
+d_in=128 probability_base=0.999 k=8 dictionary_sizes=256,512,1024,2048,4096 n_steps=6400`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import common
+from superpos_jax.config import check_positive_int, fail
+from superpos_jax.distributed import is_primary
+from superpos_jax.execution import Execution
+from superpos_jax.plots import sae as sae_plots
+from superpos_jax.plots.base import save
+from superpos_jax.prng import GENERATORS
+from superpos_jax.sae_data import GroundTruthSource, decaying_probabilities, ground_truth_dictionary
+from superpos_jax.sae_training import SAETraining, batched_evaluate, evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.scaling_law import PowerLaw, compute_optimal, fit_power_law, loss_frontier, sae_training_flops
+from superpos_jax.sweep import Grid
+from superpos_jax.train import Trainer, make_trainer
+
+NAME = "sae-scaling"
+DESCRIPTION = "SAE scaling laws: held-out FVU vs dictionary size and compute, fitted power laws, N_opt(C)"
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    n_steps: int = 1_600
+    chunk_steps: int = 1_600
+    log_every: int = 25
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    n_ground_truth: int = 512
+    d_in: int = 32
+    probability_base: float = 0.993
+    mean_active: float = 4.0
+    k: int = 4
+    dictionary_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    n_lengths: int = 7
+    n_seeds: int = 1
+    dead_steps: int = 500
+    eval_samples: int = 4096
+    generator: str = "hash"
+
+    def validate(self) -> None:
+        check_positive_int(
+            self, "n_steps", "chunk_steps", "log_every", "batch_size", "n_ground_truth", "d_in", "k", "n_lengths",
+            "n_seeds", "dead_steps", "eval_samples",
+        )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            fail("seed", self.seed, "a non-negative integer")
+        if self.generator not in GENERATORS:
+            fail("generator", self.generator, f"one of {tuple(GENERATORS)}")
+        if not self.learning_rate > 0:
+            fail("learning_rate", self.learning_rate, "> 0")
+        if self.chunk_steps % self.log_every:
+            fail("chunk_steps", self.chunk_steps, f"a multiple of log_every={self.log_every}")
+        shortest = self.log_every * 2 ** (self.n_lengths - 1)
+        if self.n_steps % shortest:
+            fail("n_steps", self.n_steps, f"a multiple of log_every · 2^(n_lengths − 1) = {shortest}")
+        sizes = self.dictionary_sizes
+        if len(sizes) < 3 or any(isinstance(n, bool) or n < 1 for n in sizes) or list(sizes) != sorted(set(sizes)):
+            fail("dictionary_sizes", sizes, "at least 3 increasing positive integers (a power law needs 3 points)")
+        if self.k > min(sizes):
+            fail("k", self.k, f"at most the smallest dictionary size {min(sizes)}")
+        if not 0.0 < self.probability_base <= 1.0:
+            fail("probability_base", self.probability_base, "in (0, 1]")
+        if not self.mean_active > 0:
+            fail("mean_active", self.mean_active, "> 0")
+        try:
+            decaying_probabilities(self.n_ground_truth, self.probability_base, self.mean_active)
+        except ValueError as err:
+            fail("mean_active", self.mean_active, f"compatible with probability_base and n_ground_truth ({err})")
+
+
+QUICK = {"n_steps": 400, "chunk_steps": 400, "n_lengths": 5, "n_ground_truth": 128, "d_in": 16,
+         "probability_base": 0.98, "mean_active": 3.0, "k": 3, "dictionary_sizes": (16, 32, 64),
+         "eval_samples": 1024}
+
+
+def source(cfg: Config) -> GroundTruthSource:
+    """The ground-truth activations: dictionary (n_gt, d_in) and decaying firing probabilities."""
+    dictionary = ground_truth_dictionary(cfg.n_ground_truth, cfg.d_in, key=jax.random.key(cfg.seed))
+    return GroundTruthSource(dictionary, decaying_probabilities(cfg.n_ground_truth, cfg.probability_base, cfg.mean_active))
+
+
+def held_out(cfg: Config) -> np.ndarray:
+    """The fixed held-out batch (eval_samples, d_in), drawn from a key no training step uses."""
+    return np.asarray(source(cfg).sample(jax.random.fold_in(jax.random.key(cfg.seed), 2**31 - 1), cfg.eval_samples))
+
+
+def lengths(cfg: Config) -> np.ndarray:
+    """The training lengths (steps) read off each run, n_steps / 2^j ascending, shape (n_lengths,)."""
+    return np.asarray([cfg.n_steps // 2**j for j in range(cfg.n_lengths)][::-1], np.int64)
+
+
+def build(cfg: Config, d_sae: int | None = None) -> tuple[Grid, dict[str, np.ndarray], jax.Array, Trainer]:
+    """Grid (seeds), hparams, keys and observing trainer of one dictionary size (the largest
+    by default)."""
+    d_sae = max(cfg.dictionary_sizes) if d_sae is None else d_sae
+    training = _training(cfg, d_sae)
+    grid = Grid({"seed": range(cfg.n_seeds)})
+    hparams = sae_hparams(training, k=np.full(grid.size, cfg.k, np.float32))
+    x_eval = jnp.asarray(held_out(cfg), jnp.float32)
+    extra = {"input_scale": jnp.float32(1.0), "threshold": jnp.float32(0.0)}
+
+    def observe(params: Any, hp: dict) -> dict[str, jax.Array]:
+        out = evaluate(training, params, extra, x_eval, hp)
+        return {"fvu": out["fvu"], "mse": out["mse"]}
+
+    trainer = make_trainer(sae_task(training, source(cfg)), recipe_optim(training, cfg.n_steps, cfg.learning_rate),
+                           log_every=cfg.log_every, observe=observe)
+    return grid, hparams, common.seed_keys(cfg.seed + 1, grid), trainer
+
+
+def _training(cfg: Config, d_sae: int) -> SAETraining:
+    return SAETraining("topk", cfg.d_in, d_sae, batch_size=cfg.batch_size, dead_steps=cfg.dead_steps)
+
+
+def _law(fit: PowerLaw | None) -> dict[str, float] | None:
+    if fit is None:
+        return None
+    return {"a": fit.a, "b": fit.b, "c": fit.c, "r2": fit.r2, "n_points": fit.n_points}
+
+
+def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+    """Train one sweep per dictionary size, read the held-out curves, fit the laws; figures on
+    process 0; return the summary."""
+    steps = lengths(cfg)
+    windows = steps // cfg.log_every - 1  # observation w is taken after (w + 1) · log_every steps
+    x_eval = held_out(cfg)
+    fvu = np.zeros((len(cfg.dictionary_sizes), steps.size))
+    per_size: list[dict[str, Any]] = []
+    records: dict[str, Any] = {}
+    for a, d_sae in enumerate(cfg.dictionary_sizes):
+        grid, hparams, keys, trainer = build(cfg, d_sae)
+        result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress,
+                              execution=execution, tag=f"N{d_sae}")
+        final, ok = common.final_losses(result)
+        curve = np.asarray(result.observations["fvu"], np.float64)  # (seed, n_windows)
+        fvu[a] = np.mean(curve[:, windows], axis=0)
+        ev = batched_evaluate(_training(cfg, d_sae), result.state, jnp.asarray(x_eval, jnp.float32), hparams)
+        per_size.append({
+            "d_sae": d_sae, "fvu_curve": np.mean(curve, axis=0).round(6).tolist(),
+            "final_fvu": float(fvu[a, -1]), "final_fvu_per_seed": curve[:, -1].tolist(),
+            "l0": float(np.mean(ev["l0"])), "dead_fraction": float(np.mean(ev["fired"] == 0)),
+            "final_train_loss": float(np.mean(final)), "train_seconds": result.seconds,
+        })
+        records = {**common.run_record(grid, result, ok)}
+
+    sizes = np.asarray(cfg.dictionary_sizes, np.float64)
+    size_of = np.repeat(sizes, steps.size)
+    tokens = np.tile(steps * cfg.batch_size, sizes.size).astype(np.float64)
+    computes = np.asarray([sae_training_flops(cfg.d_in, n, t) for n, t in zip(size_of, tokens)])
+    losses = fvu.ravel()
+    size_law = fit_power_law(sizes, fvu[:, -1], irreducible=True)
+    budget = size_of * tokens
+    full = np.asarray([np.sum(budget == b) >= 3 for b in budget])
+    frontier = compute_optimal(size_of[full], computes[full], losses[full], refine=True)
+    front = loss_frontier(computes, losses)
+    compute_law = fit_power_law(computes[front], losses[front], irreducible=True) if front.size >= 3 else None
+    if is_primary():
+        figures = out_dir / "figures"
+        save(sae_plots.scaling(
+            sizes, fvu[:, -1], size_law, ylabel="held-out FVU",
+            title=f"TopK (k={cfg.k}) on {cfg.n_ground_truth} ground-truth features in {cfg.d_in} dims, "
+                  f"{int(steps[-1] * cfg.batch_size):,} tokens",
+        ), figures / "scaling_size.png")
+        save(sae_plots.compute_optimal_figure(
+            size_of[full], computes[full], losses[full], frontier=frontier, loss_fit=compute_law,
+            title="held-out FVU of TopK SAEs over dictionary size and training compute (IsoFLOP budgets with ≥ 3 sizes)",
+        ), figures / "compute_optimal.png")
+        save(sae_plots.scaling(
+            computes, losses, compute_law, groups=[f"N={int(n)}" for n in size_of], xlabel="training compute C (FLOPs)",
+            ylabel="held-out FVU", variable="C", title="held-out FVU vs compute (fit: loss frontier)",
+        ), figures / "scaling_compute.png")
+    return {
+        **records,
+        "n_instances": len(cfg.dictionary_sizes) * cfg.n_seeds,
+        "train_seconds": float(sum(p["train_seconds"] for p in per_size)),
+        "loss": "held-out FVU",
+        "dictionary_sizes": list(cfg.dictionary_sizes),
+        "steps": steps.tolist(),
+        "tokens": (steps * cfg.batch_size).tolist(),
+        "fvu": fvu.round(6).tolist(),
+        "runs": {"size": size_of.tolist(), "compute": computes.tolist(), "fvu": losses.tolist()},
+        "size_law": _law(size_law),
+        "size_exponent": size_law.b,
+        "compute_law": _law(compute_law),
+        "compute_optimal": {
+            "computes": frontier.computes.tolist(), "sizes": frontier.sizes.tolist(), "losses": frontier.losses.tolist(),
+            "exponent": frontier.exponent, "k": None if frontier.fit is None else frontier.fit.a,
+        },
+        "per_size": per_size,
+    }
