@@ -34,7 +34,7 @@ import numpy as np
 
 from superpos_jax import feature_browser, plots
 from superpos_jax.config import check_choices, check_positive_int, fail, to_dict
-from superpos_jax.corpus import eval_windows, load_corpus, sample_windows, unigram_cross_entropy
+from superpos_jax.corpus import Corpus, eval_windows, load_corpus, sample_windows, unigram_cross_entropy
 from superpos_jax.distributed import is_primary
 from superpos_jax.execution import Execution
 from superpos_jax.interventions import ClampFeature, SpliceSAE, ZeroAblate
@@ -66,7 +66,7 @@ class Config:
     d_mlp: int = 512
     n_ctx: int = 64
     n_seeds: int = 1
-    lm_steps: int = 3_000
+    n_steps: int = 3_000  # language-model steps
     lm_batch: int = 32
     lm_learning_rate: float = 3e-3
     harvest_windows: int = 2_048
@@ -84,7 +84,9 @@ class Config:
     steer_multiples: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0)
 
     def validate(self) -> None:
-        check_positive_int(self, "max_bytes", "d_model", "n_heads", "d_mlp", "n_ctx", "n_seeds", "lm_steps",
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            fail("seed", self.seed, "a non-negative integer")
+        check_positive_int(self, "max_bytes", "d_model", "n_heads", "d_mlp", "n_ctx", "n_seeds", "n_steps",
                            "lm_batch", "harvest_windows", "eval_windows", "sae_expansion", "sae_steps",
                            "sae_batch", "chunk_steps", "log_every", "browser_units")
         check_choices(self, "sae_kind", sae_lib.SAE_KINDS)
@@ -93,7 +95,7 @@ class Config:
         for name in ("lm_learning_rate", "sae_learning_rate"):
             if not getattr(self, name) > 0:
                 fail(name, getattr(self, name), "> 0")
-        for name in ("lm_steps", "sae_steps", "chunk_steps"):
+        for name in ("n_steps", "sae_steps", "chunk_steps"):
             if getattr(self, name) % self.log_every:
                 fail(name, getattr(self, name), f"a multiple of log_every={self.log_every}")
         if not self.sae_coefficients or any(not c > 0 for c in self.sae_coefficients):
@@ -108,7 +110,7 @@ class Config:
 
 
 QUICK = {
-    "max_bytes": 400_000, "d_model": 32, "n_heads": 2, "d_mlp": 128, "n_ctx": 32, "lm_steps": 400,
+    "max_bytes": 400_000, "d_model": 32, "n_heads": 2, "d_mlp": 128, "n_ctx": 32, "n_steps": 400,
     "harvest_windows": 512, "eval_windows": 64, "sae_steps": 400, "sae_batch": 256, "sae_coefficients": (8.0, 16.0),
     "chunk_steps": 400, "browser_units": 12, "steer_prompt": "def ",
 }
@@ -146,19 +148,26 @@ def _harvest(params: TransformerParams, windows: jax.Array, batch: int = 64) -> 
     return np.concatenate([np.asarray(fn(params, windows[i : i + batch])) for i in range(0, windows.shape[0], batch)])
 
 
+def build(cfg: Config, corpus: Corpus | None = None):
+    """The language-model stage: grid (seeds), per-instance hparams, keys and trainer."""
+    corpus = load_corpus(cfg.corpus_dir, max_bytes=cfg.max_bytes) if corpus is None else corpus
+    grid = Grid({"seed": range(cfg.n_seeds)})
+    optim = OptimConfig(name="adamw", learning_rate=cfg.lm_learning_rate, weight_decay=0.01, schedule="cosine",
+                        warmup_steps=min(100, cfg.n_steps // 10), total_steps=cfg.n_steps, final_fraction=0.1)
+    trainer = make_trainer(lm_task(model_config(cfg), CorpusWindows(corpus.train, cfg.n_ctx), cfg.lm_batch), optim,
+                           log_every=cfg.log_every)
+    hparams = {"learning_rate": np.full(grid.size, cfg.lm_learning_rate, np.float32)}
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed), s))(jnp.asarray(grid.column("seed"), jnp.uint32))
+    return grid, hparams, keys, trainer
+
+
 def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     corpus = load_corpus(cfg.corpus_dir, max_bytes=cfg.max_bytes)
-    mcfg = model_config(cfg)
     figures = out_dir / "figures"
 
     # 1. the language model
-    lm_grid = Grid({"seed": range(cfg.n_seeds)})
-    optim = OptimConfig(name="adamw", learning_rate=cfg.lm_learning_rate, weight_decay=0.01, schedule="cosine",
-                        warmup_steps=min(100, cfg.lm_steps // 10), total_steps=cfg.lm_steps, final_fraction=0.1)
-    trainer = make_trainer(lm_task(mcfg, CorpusWindows(corpus.train, cfg.n_ctx), cfg.lm_batch), optim, log_every=cfg.log_every)
-    lm_hp = {"learning_rate": np.full(lm_grid.size, cfg.lm_learning_rate, np.float32)}
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed), s))(jnp.arange(cfg.n_seeds, dtype=jnp.uint32))
-    lm = run_sweep(trainer, lm_hp, keys, n_steps=cfg.lm_steps, chunk_steps=cfg.chunk_steps,
+    lm_grid, lm_hp, keys, trainer = build(cfg, corpus)
+    lm = run_sweep(trainer, lm_hp, keys, n_steps=cfg.n_steps, chunk_steps=cfg.chunk_steps,
                    checkpoint_dir=out_dir / "checkpoints" / "lm", progress=progress, execution=execution, grid=lm_grid,
                    fingerprint=_fingerprint(cfg, corpus.fingerprint, "lm"))
     val = eval_windows(corpus.val, min(cfg.eval_windows, corpus.val.size // cfg.n_ctx), cfg.n_ctx)

@@ -14,7 +14,7 @@ from superpos_jax.lm_task import CorpusWindows, RepeatedTokens, lm_task
 from superpos_jax.models.transformer import TransformerConfig, init_transformer
 from superpos_jax.transformer_io import load_transformer, save_transformer
 
-TINY = dict(max_bytes=120_000, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, lm_steps=300, lm_batch=32,
+TINY = dict(max_bytes=120_000, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, n_steps=300, lm_batch=32,
             harvest_windows=256, eval_windows=48, sae_steps=300, sae_batch=256, sae_coefficients=(8.0,),
             chunk_steps=300, log_every=50, browser_units=6, steer_prompt="def ", steer_multiples=(0.0, 5.0))
 
