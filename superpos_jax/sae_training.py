@@ -59,8 +59,12 @@ class SAETraining:
         dead_steps: steps without firing after which a latent counts as dead.
         resample_every: resample dead latents every this many steps (0: never; not for the
             TopK family, which uses AuxK).
+        resample_until: no resampling after this step (None: until the end); a latent
+            resampled while the learning rate decays to 0 would never train.
         l1_warmup_steps: λ rises linearly from 0 over these steps (0: no warm-up).
         threshold_momentum: BatchTopK's running-threshold momentum.
+        jumprelu_threshold: JumpReLU's initial threshold θ (Adam moves log θ by about the
+            learning rate per step, so θ must start near the scale of the activations).
         stats_samples: activations used for the input scale and the geometric median.
     """
 
@@ -71,8 +75,10 @@ class SAETraining:
     recipe: Literal["2023", "2024"] = "2023"
     dead_steps: int = 1000
     resample_every: int = 0
+    resample_until: int | None = None
     l1_warmup_steps: int = 0
     threshold_momentum: float = 0.01
+    jumprelu_threshold: float = 0.001
     stats_samples: int = 4096
 
     def __post_init__(self) -> None:
@@ -89,6 +95,10 @@ class SAETraining:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.resample_every and self.kind in TOPK_FAMILY:
             raise ValueError(f"{self.kind} handles dead latents with AuxK; set resample_every=0")
+        if self.resample_until is not None and self.resample_until < 0:
+            raise ValueError(f"resample_until must be >= 0, got {self.resample_until}")
+        if not self.jumprelu_threshold > 0:
+            raise ValueError(f"jumprelu_threshold must be > 0, got {self.jumprelu_threshold}")
         if not 0.0 < self.threshold_momentum <= 1.0:
             raise ValueError(f"threshold_momentum must be in (0, 1], got {self.threshold_momentum}")
 
@@ -193,7 +203,8 @@ def sae_task(training: SAETraining, source: Any) -> Task:
         if training.recipe == "2023" or kind not in ("relu", "gated"):
             x = shared.sample(jax.random.key(_STATS_KEY), training.stats_samples)
             b_dec = geometric_median(x)
-        return sae.init_sae(kind, training.d_in, training.d_sae, key=key, recipe=_init_recipe(training), b_dec=b_dec)
+        return sae.init_sae(kind, training.d_in, training.d_sae, key=key, recipe=_init_recipe(training), b_dec=b_dec,
+                            threshold=training.jumprelu_threshold)
 
     def init_extra(params: SAEParams, hparams: dict) -> dict[str, Array]:
         return {
@@ -230,6 +241,8 @@ def sae_task(training: SAETraining, source: Any) -> Task:
         opt_state = state.opt_state
         if training.resample_every:
             due = state.step % training.resample_every == 0
+            if training.resample_until is not None:
+                due = due & (state.step <= training.resample_until)
             dead = due & (extra["since_fired"] >= training.dead_steps)
             key = step_key(state, _RESAMPLE_SALT)
             params, opt_state = resample(params, opt_state, dead, x, aux["sq_err"], key=key)

@@ -193,3 +193,20 @@ def test_sharded_resumed_sweep_equals_uninterrupted(source, tmp_path):
     np.testing.assert_allclose(resumed.losses, plain.losses, rtol=1e-5)
     np.testing.assert_array_equal(resumed.state.extra["since_fired"], plain.state.extra["since_fired"])
     np.testing.assert_allclose(resumed.state.params.W_dec, plain.state.params.W_dec, rtol=1e-4, atol=1e-6)
+
+
+def test_resampling_stops_after_resample_until_and_jumprelu_threshold_init(source):
+    training = SAETraining("relu", D_IN, D_SAE, batch_size=64, dead_steps=1, resample_every=2, resample_until=4)
+    hp = sae_hparams(training, l1_coefficient=[0.01])
+    trainer = make_trainer(sae_task(training, source), recipe_optim(training, 12, 1e-3))
+    state = trainer.init(hp, instance_keys([0]))
+    state = eqx.tree_at(lambda s: s.params.b_enc, state, jnp.full_like(state.params.b_enc, -100.0))  # all dead
+    state, _ = trainer.run(state, hp, 4)
+    resampled = int(state.extra["resampled"][0])
+    assert resampled > 0
+    state = eqx.tree_at(lambda s: s.params.b_enc, state, jnp.full_like(state.params.b_enc, -100.0))
+    state, _ = trainer.run(state, hp, 8)
+    assert int(state.extra["resampled"][0]) == resampled  # still dead, but past resample_until
+    jr = SAETraining("jumprelu", D_IN, D_SAE, batch_size=8, jumprelu_threshold=0.1)
+    params = make_trainer(sae_task(jr, source)).init(sae_hparams(jr, l1_coefficient=[0.1]), instance_keys([0])).params
+    np.testing.assert_allclose(np.exp(np.asarray(params.log_threshold)), 0.1, rtol=1e-6)
