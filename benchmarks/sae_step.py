@@ -64,6 +64,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from superpos_jax import sae_data
+
+try:
+    from benchmarks.toy_sweep import cpu_name, timed_runs, usable_cores
+    from benchmarks.toy_sweep import import_torch as _import_torch
+except ImportError:  # run as a script: benchmarks/ itself is on sys.path
+    from toy_sweep import cpu_name, timed_runs, usable_cores  # type: ignore[no-redef]
+    from toy_sweep import import_torch as _import_torch  # type: ignore[no-redef]
 from superpos_jax.models import sae
 from superpos_jax.sae_training import SAETraining, recipe_optim, sae_hparams, sae_task
 from superpos_jax.scaling_law import sae_training_flops
@@ -126,12 +133,9 @@ def make_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, n_steps: int, n_
 
 
 def import_torch():
-    try:
-        import torch
-    except ImportError:
-        print("[sae_step] torch is not installed: skipping the reference (pip install -e '.[bench]').")
-        return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch = _import_torch()
+    if torch is not None:
+        torch.set_num_threads(os.cpu_count() or 1)
     return torch
 
 
@@ -264,14 +268,8 @@ def faithfulness_check(torch, kind: str, n_steps: int = 3) -> dict[str, Any]:
 def time_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, steps: int, repeats: int) -> list[float]:
     """Seconds per step of each timed `trainer.run(…, steps)` call (one instance)."""
     trainer, hp, state = make_ours(kind, x, d_sae, batch, steps)
-    state, trace = trainer.run(state, hp, steps)  # compile + warm-up
-    jax.block_until_ready((state, trace))
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, trace = trainer.run(state, hp, steps)
-        jax.block_until_ready((state, trace))
-        out.append((time.perf_counter() - t0) / steps)
+    seconds, state, trace = timed_runs(lambda s: trainer.run(s, hp, steps), state, repeats)
+    out = [t / steps for t in seconds]
     if not np.all(np.isfinite(np.asarray(trace))):
         print("[sae_step] warning: non-finite losses on our side")
     return out
@@ -380,23 +378,8 @@ def time_sweep(kind: str, x: np.ndarray, d_sae: int, batch: int, steps: int, rep
 # --------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    name = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return name or platform.machine()
-
-
 def machine_info(torch) -> dict[str, str]:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     d = jax.devices()[0]
     info = {
         "machine": f"{cpu_name()}, {cores} cores ({platform.system()} {platform.machine()})",

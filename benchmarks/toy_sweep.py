@@ -197,19 +197,26 @@ class Timing:
         return statistics.median(self.rates())
 
 
+def timed_runs(call, state, repeats: int):
+    """`call(state) -> (state, out)` once to compile and warm up, then `repeats` timed calls
+    (each waited for). Returns (seconds per call, final state, last out)."""
+    state, out = call(state)
+    jax.block_until_ready((state, out))
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, out = call(state)
+        jax.block_until_ready((state, out))
+        seconds.append(time.perf_counter() - t0)
+    return seconds, state, out
+
+
 def time_jax(n_instances: int, steps: int, repeats: int, generator: str) -> Timing:
     """Time `trainer.run` over `steps` steps: one compile + warm-up call, then `repeats`."""
     trainer = make_jax_trainer(steps, generator)
     hparams = jax_hparams(n_instances)
     state = trainer.init(hparams, instance_keys(np.arange(n_instances)))
-    state, trace = trainer.run(state, hparams, steps)  # compile + warm-up
-    jax.block_until_ready((state, trace))
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, trace = trainer.run(state, hparams, steps)
-        jax.block_until_ready((state, trace))
-        seconds.append(time.perf_counter() - t0)
+    seconds, state, trace = timed_runs(lambda s: trainer.run(s, hparams, steps), state, repeats)
     loss = np.asarray(trace)
     if not np.all(np.isfinite(loss)):
         print(f"[toy_sweep] warning: non-finite JAX losses ({generator}, I={n_instances})")
