@@ -165,3 +165,25 @@ def test_bad_inputs_raise(rng):
         fit_leace(x, rng.normal(size=10))
     with pytest.raises((TypeError, ValueError)):  # jaxtyping's shape check under test, else ValueError
         fit_leace(x, np.zeros(9, np.int32))
+
+
+def test_eraser_as_a_transformer_hook_removes_a_token_concept():
+    """Fit LEACE on a transformer's residual stream (concept: is the current token < 20),
+    apply it through the hook at that point: the probe on what the model then sees is at chance."""
+    from superpos_jax.models.transformer import TransformerConfig, forward, init_transformer
+
+    cfg = TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16, d_vocab=64)
+    params = init_transformer(cfg, key=jax.random.key(0))
+    small = (jnp.arange(64) < 20).astype(jnp.float32)
+    params = eqx.tree_at(lambda p: p.W_E, params, params.W_E.at[:, 0].add(0.05 * small))  # a linear concept
+    tokens = jax.random.randint(jax.random.key(1), (200, 16), 0, 64)
+    concept = np.asarray(tokens < 20).reshape(-1).astype(np.int64)  # "token is small": linear in the embedding
+    name = "blocks.0.resid_pre"
+    _, cache = forward(params, tokens, cache_names=(name,))
+    x = np.asarray(cache[name]).reshape(-1, cfg.d_model)
+    majority = max(concept.mean(), 1 - concept.mean())
+    assert _logistic_probe_accuracy(x, concept) > majority + 0.1
+    eraser = fit_leace(x, concept)
+    _, erased_cache = forward(params, tokens, {name: eraser}, cache_names=(name,))
+    erased = np.asarray(erased_cache[name]).reshape(-1, cfg.d_model)
+    assert _logistic_probe_accuracy(erased, concept) <= majority + 0.01
