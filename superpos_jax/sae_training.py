@@ -349,9 +349,11 @@ def evaluate(
 
 
 def batched_evaluate(
-    training: SAETraining, state: TrainState, x: Float[Array, "batch d_in"], hparams: dict
+    training: SAETraining, state: TrainState, x: Float[npt.ArrayLike, "batch d_in"], hparams: dict
 ) -> dict[str, np.ndarray]:
-    """`evaluate` for every instance of a batched (host or device) state, on the same x."""
+    """`evaluate` for every instance of a batched (host or device) state, on the same x
+    (host or device)."""
+    x = jnp.asarray(x, jnp.float32)
     fn = jax.jit(jax.vmap(lambda p, e, h: evaluate(training, p, e, x, h)))
     hp = {k: jnp.asarray(v) for k, v in hparams.items()}
     out = fn(jax.tree.map(jnp.asarray, state.params), jax.tree.map(jnp.asarray, state.extra), hp)
