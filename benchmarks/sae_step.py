@@ -50,7 +50,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -66,10 +65,10 @@ import numpy as np
 from superpos_jax import sae_data
 
 try:
-    from benchmarks.toy_sweep import cpu_name, timed_runs, usable_cores
+    from benchmarks.toy_sweep import cpu_name, timed_runs, usable_cores, write_section
     from benchmarks.toy_sweep import import_torch as _import_torch
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from toy_sweep import cpu_name, timed_runs, usable_cores  # type: ignore[no-redef]
+    from toy_sweep import cpu_name, timed_runs, usable_cores, write_section  # type: ignore[no-redef]
     from toy_sweep import import_torch as _import_torch  # type: ignore[no-redef]
 from superpos_jax.models import sae
 from superpos_jax.sae_training import SAETraining, recipe_optim, sae_hparams, sae_task
@@ -391,18 +390,6 @@ def machine_info(torch) -> dict[str, str]:
     if torch is not None:
         info["torch threads"] = str(torch.get_num_threads())
     return info
-
-
-def write_section(path: Path, heading: str, body: str) -> None:
-    """Replace the section titled `heading` in the markdown file `path`, or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{heading}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
 
 
 def summary_table(res: dict[str, Any]) -> str:
