@@ -48,6 +48,12 @@ def _group_label(g: Any) -> str:
     return str(g)
 
 
+def _quiet_minor_labels(ax: plt.Axes) -> None:
+    """Log axes spanning less than a decade label their minor ticks, which then overlap."""
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def pareto_front(l0: npt.ArrayLike, fvu: npt.ArrayLike) -> np.ndarray:
     """Indices of the points not dominated in (L0, FVU), both to be minimised.
 
@@ -123,6 +129,7 @@ def pareto(
                             fontsize=6.5, color=colour)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _quiet_minor_labels(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
@@ -247,6 +254,7 @@ def scaling(
         _fit_curve(ax, fit, x[shown], variable)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _quiet_minor_labels(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.25)
@@ -335,6 +343,7 @@ def compute_optimal_figure(
     for ax in (ax_iso, ax_loss, ax_opt):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _quiet_minor_labels(ax)
         ax.grid(True, which="major", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
