@@ -49,9 +49,25 @@ def _group_label(g: Any) -> str:
 
 
 def _quiet_minor_labels(ax: plt.Axes) -> None:
-    """Log axes spanning less than a decade label their minor ticks, which then overlap."""
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    """Labels at 1, 2 and 5 × 10^k on both log axes, none on minor ticks (matplotlib labels
+    every minor tick of an axis spanning less than a decade, and those labels overlap)."""
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FuncFormatter(_log_label(axis)))
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _log_label(axis: Any) -> Any:
+    """Tick label: every 1/2/5 tick on an axis spanning under two decades, else powers of 10 only."""
+
+    def label(value: float, _: int) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        mantissa = value / 10 ** np.floor(np.log10(value)) if value > 0 else 0.0
+        if lo > 0 and hi / lo >= 100 and not np.isclose(mantissa, 1.0):
+            return ""
+        return f"{value:g}"
+
+    return label
 
 
 def pareto_front(l0: npt.ArrayLike, fvu: npt.ArrayLike) -> np.ndarray:
