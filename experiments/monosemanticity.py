@@ -135,17 +135,26 @@ def _fingerprint(cfg: Config, corpus_fingerprint: str, stage: str) -> dict[str, 
     return {"experiment": NAME, "config": to_dict(cfg), "corpus": corpus_fingerprint, "stage": stage}
 
 
+@jax.jit
+def _batch_loss(params: TransformerParams, windows: jax.Array, hooks: dict) -> jax.Array:
+    return jnp.mean(per_token_loss(params, windows, hooks))
+
+
+@jax.jit
+def _mlp_acts(params: TransformerParams, windows: jax.Array) -> jax.Array:
+    return forward(params, windows, cache_names=(HOOK,))[1][HOOK]
+
+
 def _mean_loss(params: TransformerParams, windows: jax.Array, hooks: dict | None = None, batch: int = 64) -> float:
-    fn = jax.jit(lambda p, w, h: jnp.mean(per_token_loss(p, w, h)))
-    losses = [float(fn(params, windows[i : i + batch], hooks or {})) for i in range(0, windows.shape[0], batch)]
+    """Mean next-token loss over `windows`, in batches (one compiled program per hook structure)."""
+    losses = [float(_batch_loss(params, windows[i : i + batch], hooks or {})) for i in range(0, windows.shape[0], batch)]
     sizes = [min(batch, windows.shape[0] - i) for i in range(0, windows.shape[0], batch)]
     return float(np.average(losses, weights=sizes))
 
 
 def _harvest(params: TransformerParams, windows: jax.Array, batch: int = 64) -> np.ndarray:
     """MLP activations (n_windows, pos, d_mlp) on `windows`."""
-    fn = jax.jit(lambda p, w: forward(p, w, cache_names=(HOOK,))[1][HOOK])
-    return np.concatenate([np.asarray(fn(params, windows[i : i + batch])) for i in range(0, windows.shape[0], batch)])
+    return np.concatenate([np.asarray(_mlp_acts(params, windows[i : i + batch])) for i in range(0, windows.shape[0], batch)])
 
 
 def build(cfg: Config, corpus: Corpus | None = None):

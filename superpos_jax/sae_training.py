@@ -30,6 +30,7 @@ sees the same ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import jax
@@ -354,10 +355,14 @@ def batched_evaluate(
     """`evaluate` for every instance of a batched (host or device) state, on the same x
     (host or device)."""
     x = jnp.asarray(x, jnp.float32)
-    fn = jax.jit(jax.vmap(lambda p, e, h: evaluate(training, p, e, x, h)))
     hp = {k: jnp.asarray(v) for k, v in hparams.items()}
-    out = fn(jax.tree.map(jnp.asarray, state.params), jax.tree.map(jnp.asarray, state.extra), hp)
+    out = _evaluate_all(training, jax.tree.map(jnp.asarray, state.params), jax.tree.map(jnp.asarray, state.extra), x, hp)
     return jax.tree.map(np.asarray, out)
+
+
+@partial(jax.jit, static_argnums=0)
+def _evaluate_all(training: SAETraining, params: SAEParams, extra: dict, x: Array, hparams: dict) -> dict[str, Array]:
+    return jax.vmap(lambda p, e, h: evaluate(training, p, e, x, h))(params, extra, hparams)
 
 
 def decoder_directions(params: SAEParams) -> Float[Array, "d_in sae"]:
