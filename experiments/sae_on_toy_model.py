@@ -39,7 +39,7 @@ from superpos_jax.models.toy import toy_hparams
 from superpos_jax.plots import sae as sae_plots
 from superpos_jax.plots.base import plt, save
 from superpos_jax.sae_data import ToyHiddenSource
-from superpos_jax.sae_metrics import cosine_matrix, hungarian_matching_score, linear_sum_assignment
+from superpos_jax.sae_metrics import linear_sum_assignment, recovery
 from superpos_jax.sae_training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
 from superpos_jax.sweep import Grid, SweepResult
 from superpos_jax.train import Trainer, make_trainer
@@ -132,17 +132,6 @@ def build_sae(
     return training, grid, hparams, keys, trainer
 
 
-def recovery_scores(decoder: np.ndarray, features: np.ndarray) -> dict[str, Any]:
-    """MMCS, Hungarian score and per-feature best cosine of one decoder (d_in, d_sae) against
-    feature directions (n_gt, d_in)."""
-    cos = np.asarray(cosine_matrix(np.float32(decoder), np.float32(features)))
-    return {
-        "mmcs": float(cos.max(axis=1).mean()),
-        "hungarian": hungarian_matching_score(decoder, features),
-        "max_cosine": cos.max(axis=1),
-    }
-
-
 def matched_figure(features: np.ndarray, decoder: np.ndarray, *, title: str) -> plt.Figure:
     """Toy feature directions vs the SAE's one-to-one matched decoder directions.
 
@@ -209,8 +198,8 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
             W_dec = np.asarray(result.state.params.W_dec)
             coef = sae_coefficient(kind)
             for i in range(sgrid.size):
-                rep = recovery_scores(W_dec[i], directions[represented]) if represented.any() else None
-                full = recovery_scores(W_dec[i], directions)
+                rep = recovery(W_dec[i], directions[represented]) if represented.any() else None
+                full = recovery(W_dec[i], directions)
                 c = sgrid.coords(i)
                 records.append({
                     "kind": kind, "d_sae": d_sae, "coefficient": coef, "value": float(c[coef]), "seed": int(c["seed"]),

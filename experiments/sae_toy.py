@@ -224,10 +224,9 @@ def recovery_scores(decoders: np.ndarray, dictionary: np.ndarray) -> dict[str, n
         `max_cosine` (instance, n_gt): max_j cos(g_i, d_j); `mmcs` (instance,) its mean;
         `hungarian` (instance,) the one-to-one matching score.
     """
-    cos = np.stack([np.asarray(sae_metrics.cosine_matrix(d, dictionary)) for d in decoders])
-    max_cos = cos.max(axis=2)
-    hung = np.array([sae_metrics.hungarian_matching_score(d, dictionary) for d in decoders])
-    return {"max_cosine": max_cos, "mmcs": max_cos.mean(axis=1), "hungarian": hung}
+    per = [sae_metrics.recovery(d, dictionary) for d in decoders]
+    return {"max_cosine": np.stack([p["max_cosine"] for p in per]),
+            "mmcs": np.asarray([p["mmcs"] for p in per]), "hungarian": np.asarray([p["hungarian"] for p in per])}
 
 
 def run_architecture(

@@ -25,6 +25,8 @@ the density histogram and the matching are host-side NumPy analysis.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
@@ -223,3 +225,12 @@ def linear_sum_assignment(
         rows, cols = cols, rows
     order = np.argsort(rows)
     return rows[order].astype(np.int64), cols[order].astype(np.int64)
+
+
+def recovery(decoder: npt.ArrayLike, ground_truth: npt.ArrayLike) -> dict[str, Any]:
+    """How well one decoder (d_in, d_sae) recovers ground-truth directions (n_gt, d_in):
+    `max_cosine` (n_gt,) numpy, each feature's best cosine to any latent; `mmcs` (float) its
+    mean; `hungarian` (float) the one-to-one matching score."""
+    dec, gt = np.asarray(decoder, np.float32), np.asarray(ground_truth, np.float32)
+    best = np.asarray(cosine_matrix(dec, gt)).max(axis=1)
+    return {"max_cosine": best, "mmcs": float(best.mean()), "hungarian": hungarian_matching_score(dec, gt)}
