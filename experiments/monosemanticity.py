@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superpos_jax import feature_browser, plots
+from superpos_jax import feature_browser, plots, steering
 from superpos_jax.config import check_choices, check_positive_int, fail, to_dict
 from superpos_jax.corpus import Corpus, eval_windows, load_corpus, sample_windows, unigram_cross_entropy
 from superpos_jax.distributed import is_primary
 from superpos_jax.execution import Execution
-from superpos_jax.interventions import ClampFeature, SpliceSAE, ZeroAblate
+from superpos_jax.interventions import SpliceSAE, ZeroAblate
 from superpos_jax.lm_task import CorpusWindows, lm_task
 from superpos_jax.models import sae as sae_lib
 from superpos_jax.models.transformer import TransformerConfig, TransformerParams, forward, per_token_loss
@@ -244,21 +244,16 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     candidates = alive[density[alive] > 1e-3] if alive.size else alive
     pick = int(candidates[np.argmax(feature_browser.top_token_purity(f_val[:, :, candidates], tokens))]) if candidates.size else 0
     max_act = float(f_val[:, :, pick].max()) if f_val.size else 0.0
-    values = jnp.asarray([m * max_act for m in cfg.steer_multiples], jnp.float32)
+    values = np.asarray([m * max_act for m in cfg.steer_multiples], np.float32)
     prompt = jnp.asarray(ByteTokenizer().encode(cfg.steer_prompt))[None, :]
-
-    def next_token(value: jax.Array) -> jax.Array:
-        hook = ClampFeature(best_params, kind, pick, value, enc_hp)
-        logits, _ = forward(model, prompt, {HOOK: hook}, cache_names=())
-        return jax.nn.softmax(logits[0, -1])
-
-    probs = np.asarray(jax.jit(jax.vmap(next_token))(values))  # (n_values, vocab)
+    steerable = steering.Steerable(model, kind, best_params, enc_hp, HOOK)
+    probs = steering.next_token_sweep(steerable, cfg.steer_prompt, pick, values)  # (n_values, vocab), one call
     clean_probs = np.asarray(jax.nn.softmax(forward(model, prompt, cache_names=())[0][0, -1]))
-    steering = []
+    steer_records = []
     for m, p in zip(cfg.steer_multiples, probs):
         top = np.argsort(-p)[:5]
         kl = float(np.sum(p * (np.log(p + 1e-12) - np.log(clean_probs + 1e-12))))
-        steering.append({"multiple_of_max": m, "value": m * max_act, "kl_from_clean": kl,
+        steer_records.append({"multiple_of_max": m, "value": m * max_act, "kl_from_clean": kl,
                          "top_next_tokens": [[bytes([int(t)]).decode("latin-1"), float(p[t])] for t in top]})
 
     if is_primary():
@@ -287,7 +282,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
                     "feature_purity_mean": float(np.mean(feature_purity)) if feature_purity.size else 0.0,
                     "neuron_purity_mean": float(np.mean(neuron_purity)),
                     "neurons_alive": int(np.sum(neuron_density > 0))},
-        "steering": {"feature": pick, "max_activation": max_act, "prompt": cfg.steer_prompt, "values": steering},
+        "steering": {"feature": pick, "max_activation": max_act, "prompt": cfg.steer_prompt, "values": steer_records},
     }
 
 
