@@ -86,13 +86,17 @@ def train(
     progress: bool,
     execution: Execution,
     tag: str | None = None,
+    n_steps: int | None = None,
+    chunk_steps: int | None = None,
 ) -> SweepResult:
     """The experiment's whole grid as one checkpointed, resumable sweep in `out_dir/checkpoints`
-    (`cfg` needs `n_steps` and `chunk_steps`). An experiment with several sweeps (e.g. two
-    model sizes, which are static shapes) names each with `tag`: `out_dir/checkpoints/<tag>`."""
+    (`cfg.n_steps` and `cfg.chunk_steps` unless given, e.g. for a second stage trained for
+    another number of steps). An experiment with several sweeps (e.g. two model sizes, which
+    are static shapes) names each with `tag`: `out_dir/checkpoints/<tag>`."""
     directory = out_dir / "checkpoints" if tag is None else out_dir / "checkpoints" / tag
     return run_sweep(
-        trainer, hparams, keys, n_steps=cfg.n_steps, chunk_steps=cfg.chunk_steps,
+        trainer, hparams, keys, n_steps=cfg.n_steps if n_steps is None else n_steps,
+        chunk_steps=cfg.chunk_steps if chunk_steps is None else chunk_steps,
         checkpoint_dir=directory, progress=progress, execution=execution, grid=grid,
         fingerprint={"experiment": name, "config": to_dict(cfg), "sweep": tag},
     )

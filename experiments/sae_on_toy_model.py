@@ -22,7 +22,6 @@ MMCS ≈ 0.86 at their best λ (3000 steps; ≈ 0.95 with 4000) and much worse F
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,10 +165,6 @@ def matched_figure(features: np.ndarray, decoder: np.ndarray, *, title: str) -> 
     return fig
 
 
-def _sae_run_cfg(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, n_steps=cfg.sae_steps, chunk_steps=cfg.sae_chunk_steps)
-
-
 def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the toy model, then the SAE sweeps on its hidden layer; figures (process 0); summary."""
     grid, hparams, keys, trainer = build(cfg)
@@ -190,8 +185,8 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
             d_sae = mult * cfg.n_features
             training, sgrid, shp, skeys, strainer = build_sae(cfg, kind, d_sae, W)
             tag = f"{kind}-{d_sae}"
-            result = common.train(NAME, _sae_run_cfg(cfg), sgrid, shp, skeys, strainer, out_dir, progress=progress,
-                                  execution=execution, tag=tag)
+            result = common.train(NAME, cfg, sgrid, shp, skeys, strainer, out_dir, progress=progress,
+                                  execution=execution, tag=tag, n_steps=cfg.sae_steps, chunk_steps=cfg.sae_chunk_steps)
             sweeps[tag] = result
             final, ok = common.final_losses(result)
             ev = batched_evaluate(training, result.state, jnp.asarray(x_eval, jnp.float32), shp)
