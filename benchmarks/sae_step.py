@@ -4,7 +4,7 @@ What is measured
 ----------------
 Both sides train the same sparse autoencoder (d_in = 512, d_sae = 16 × d_in = 8192, batch
 4096 by default) on the same activations: a fixed float32 array of `--rows` synthetic
-ground-truth activations (`sae_data.GroundTruthSource` with a fixed key, materialised once).
+ground-truth activations (`sources.GroundTruthSource` with a fixed key, materialised once).
 Every step draws a batch of rows uniformly with replacement from that array.
 
 * **superpos_jax**: `make_trainer(sae_task(SAETraining(kind, ...), ArrayRows(x)),
@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superpos_jax import sae_data
+from superpos_jax.sae import sources
 
 try:
     from benchmarks.toy_sweep import cpu_name, timed_runs, usable_cores, write_section
@@ -70,10 +70,10 @@ try:
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
     from toy_sweep import cpu_name, timed_runs, usable_cores, write_section  # type: ignore[no-redef]
     from toy_sweep import import_torch as _import_torch  # type: ignore[no-redef]
-from superpos_jax.models import sae
-from superpos_jax.sae_training import SAETraining, recipe_optim, sae_hparams, sae_task
-from superpos_jax.scaling_law import sae_training_flops
-from superpos_jax.train import instance_keys, make_trainer
+from superpos_jax.sae import architectures as sae
+from superpos_jax.sae.training import SAETraining, recipe_optim, sae_hparams, sae_task
+from superpos_jax.sae.scaling import sae_training_flops
+from superpos_jax.engine.trainer import instance_keys, make_trainer
 
 LEARNING_RATE = 4e-4
 L1_COEFFICIENT = 5.0
@@ -95,8 +95,8 @@ def activations(n_rows: int, d_in: int) -> np.ndarray:
     """A fixed (n_rows, d_in) float32 array of synthetic ground-truth activations
     (4·d_in features, firing ∝ 0.999**i, 20 active per example on average)."""
     n_gt = 4 * d_in
-    dictionary = sae_data.ground_truth_dictionary(n_gt, d_in, key=jax.random.key(DATA_KEY))
-    source = sae_data.GroundTruthSource(dictionary, sae_data.decaying_probabilities(n_gt, 0.999, 20.0))
+    dictionary = sources.ground_truth_dictionary(n_gt, d_in, key=jax.random.key(DATA_KEY))
+    source = sources.GroundTruthSource(dictionary, sources.decaying_probabilities(n_gt, 0.999, 20.0))
     chunk = min(8192, n_rows)
     draw = jax.jit(lambda key: source.sample(key, chunk))
     keys = jax.random.split(jax.random.key(DATA_KEY + 1), -(-n_rows // chunk))
@@ -118,7 +118,7 @@ def our_training(kind: str, d_in: int, d_sae: int, batch: int) -> SAETraining:
 def make_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, n_steps: int, n_instances: int = 1):
     """(trainer, hparams, state) of our engine for n_instances SAEs on the rows of x."""
     training = our_training(kind, x.shape[1], d_sae, batch)
-    source = sae_data.ArrayRows(jnp.asarray(x))
+    source = sources.ArrayRows(jnp.asarray(x))
     trainer = make_trainer(sae_task(training, source), recipe_optim(training, n_steps, LEARNING_RATE),
                            log_every=n_steps)
     hp = jax.device_put(sae_hparams(training, **coefficient_kwargs(kind, n_instances)))
@@ -216,7 +216,7 @@ def faithfulness_check(torch, kind: str, n_steps: int = 3) -> dict[str, Any]:
     d_in, d_sae, batch, k = 16, 64, 32, 4
     x = activations(256, d_in)
     training = our_training(kind, d_in, d_sae, batch)
-    task = sae_task(training, sae_data.ArrayRows(jnp.asarray(x)))
+    task = sae_task(training, sources.ArrayRows(jnp.asarray(x)))
     trainer = make_trainer(task, recipe_optim(training, n_steps, LEARNING_RATE))
     coef = {"k": [float(k)]} if kind == "topk" else {"l1_coefficient": [0.3]}
     hp_b = jax.device_put(sae_hparams(training, **coef))

@@ -63,9 +63,9 @@ def measure(point: dict) -> dict:
     import numpy as np
 
     from superpos_jax import OptimConfig, instance_keys, make_trainer, run_sweep, toy_hparams, toy_task
-    from superpos_jax.data import geometric_importance
-    from superpos_jax.distributed import sweep_mesh
-    from superpos_jax.execution import Execution
+    from superpos_jax.toy.samplers import geometric_importance
+    from superpos_jax.engine.distributed import sweep_mesh
+    from superpos_jax.engine.execution import Execution
 
     n, m, instances, steps = point["n"], point["m"], point["instances"], point["steps"]
     if point.get("phase"):

@@ -57,9 +57,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superpos_jax.data import geometric_importance
-from superpos_jax.models.toy import toy_hparams, toy_task
-from superpos_jax.train import OptimConfig, instance_keys, make_trainer
+from superpos_jax.toy.samplers import geometric_importance
+from superpos_jax.toy.models import toy_hparams, toy_task
+from superpos_jax.engine.optim import OptimConfig
+from superpos_jax.engine.trainer import instance_keys, make_trainer
 
 N_FEATURES = 20
 D_HIDDEN = 5

@@ -2,7 +2,7 @@
 
 What is measured
 ----------------
-Both sides train the same decoder-only transformer (`superpos_jax.models.transformer`: GPT-2
+Both sides train the same decoder-only transformer (`superpos_jax.lm.transformer`: GPT-2
 pre-LN blocks, per-head W_Q/W_K/W_V/W_O, ReLU MLP, LayerNorm ε = 1e-5, untied unembedding with
 bias) by next-token cross-entropy with AdamW (lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight
 decay 0.01 on every parameter), starting from the SAME initial weights (ours, copied into
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from superpos_jax.models.transformer import (
+from superpos_jax.lm.transformer import (
     TransformerConfig,
     TransformerParams,
     init_transformer,

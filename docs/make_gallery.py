@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", help="experiments to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="use the --quick configs")
     args = ap.parse_args(argv)
-    import experiments
-
+    import superpos_experiments as experiments
     names = args.only or sorted(experiments.REGISTRY)
     FIGURES.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="superpos-gallery-"))

@@ -46,17 +46,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from experiments import common
-from experiments.common import best_of_seeds
+from . import common
+from .common import best_of_seeds
 from superpos_jax import plots
 from superpos_jax.config import check_positive_int, check_probabilities, fail
-from superpos_jax.data import geometric_importance
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import AbsParams, abs_forward, abs_task, toy_hparams
+from superpos_jax.toy.samplers import geometric_importance
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import AbsParams, abs_forward, abs_task, toy_hparams
 from superpos_jax.plots.neurons import abs_computation_figure
-from superpos_jax.sweep import Grid
-from superpos_jax.train import make_trainer
+from superpos_jax.engine.sweep import Grid
+from superpos_jax.engine.trainer import make_trainer
 
 NAME = "abs-computation"
 DESCRIPTION = "computing |x| with ReLU neurons, n=3/m=6 and n=100/m=40: ±pairs when dense, computation in superposition when sparse"

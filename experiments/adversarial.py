@@ -5,7 +5,7 @@ The sparsity experiment's setting — n = 20 features, m = 5, importance 0.7**i,
 ReLU-output models, 1 − S from 1 to 0.001, several seeds — trains as one compiled sweep.
 Then every model is attacked on the device (`attack_all`, vmapped over instances and inputs):
 for each of `n_inputs` inputs, the L2 perturbation of norm at most ε = 0.1 × the mean input
-norm that maximises the model's loss (`superpos_jax.adversarial.attack_toy`: the paper's
+norm that maximises the model's loss (`superpos_jax.toy.adversarial.attack_toy`: the paper's
 analytic per-feature attacks ±ε (WᵀW)_i/‖(WᵀW)_i‖, the best of them and random starts
 refined by projected gradient ascent).
 
@@ -46,16 +46,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from experiments import common
+from . import common
 from superpos_jax import plots
-from superpos_jax.adversarial import attack_toy, toy_attack_loss
+from superpos_jax.toy.adversarial import attack_toy, toy_attack_loss
 from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
-from superpos_jax.data import geometric_importance
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import MODEL_KINDS, ToyParams, toy_hparams
+from superpos_jax.toy.samplers import geometric_importance
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import MODEL_KINDS, ToyParams, toy_hparams
 from superpos_jax.plots.adversarial import vulnerability_figure
-from superpos_jax.sweep import Grid
+from superpos_jax.engine.sweep import Grid
 
 NAME = "adversarial"
 DESCRIPTION = "optimal L2 attacks (0.1 x mean input norm) on n=20, m=5 toy models: vulnerability tracks features per dimension"

@@ -17,13 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from superpos_jax import metrics
+from superpos_jax.toy import metrics
 from superpos_jax.config import check_choices, check_positive_int, fail, to_dict
-from superpos_jax.execution import Execution
-from superpos_jax.sweep import Grid, SweepResult, run_sweep
-from superpos_jax.prng import GENERATORS
-from superpos_jax.models.toy import toy_task
-from superpos_jax.train import OptimConfig, Task, Trainer, make_trainer
+from superpos_jax.engine.execution import Execution
+from superpos_jax.engine.sweep import Grid, SweepResult, run_sweep
+from superpos_jax.engine.prng import GENERATORS
+from superpos_jax.toy.models import toy_task
+from superpos_jax.engine.optim import OptimConfig
+from superpos_jax.engine.task import Task
+from superpos_jax.engine.trainer import Trainer, make_trainer
 
 
 @dataclass(frozen=True)

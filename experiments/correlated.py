@@ -26,7 +26,7 @@ mixed                      1 correlated + 1 anticorrelated   (optional; frustrat
 All setups × feature probabilities × seeds train as ONE compiled sweep: every instance has
 n = the largest setup's feature count, smaller setups padded with unused features
 (probability 0, importance 0, W column fixed at 0); the pair structure is a traced per-instance
-code (`superpos_jax.models.correlated`). Per cell the lowest-loss seed is drawn as the 2-D
+code (`superpos_jax.toy.correlated`). Per cell the lowest-loss seed is drawn as the 2-D
 feature diagram, coloured by pair (second member dashed). The summary gives every pair's
 cosine and a label (antipodal / obtuse / orthogonal / acute / collapsed) for every seed.
 `--set d_hidden=3` runs the 3-dimensional variant (drawn in W's leading 2-D SVD plane).
@@ -40,17 +40,17 @@ from typing import Any
 
 import numpy as np
 
-from experiments import common
-from experiments.intro import REPRESENTED, classify_geometry
+from . import common
+from .intro import REPRESENTED, classify_geometry
 from superpos_jax import plots
 from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.correlated import correlated_hparams, correlated_task
-from superpos_jax.models.toy import MODEL_KINDS
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.correlated import correlated_hparams, correlated_task
+from superpos_jax.toy.models import MODEL_KINDS
 from superpos_jax.plots.features2d import feature_diagrams, pair_colors
-from superpos_jax.sweep import Grid
-from superpos_jax.train import make_trainer
+from superpos_jax.engine.sweep import Grid
+from superpos_jax.engine.trainer import make_trainer
 
 NAME = "correlated"
 DESCRIPTION = "correlated / anticorrelated feature pairs in m=2 dims: orthogonal or collapsed vs antipodal (paper's correlated-features figures)"

@@ -33,16 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from experiments import common
-from superpos_jax import metrics
+from . import common
+from superpos_jax.toy import metrics
 from superpos_jax.config import check_positive_int, fail
-from superpos_jax.data import uniform_importance
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import toy_hparams
+from superpos_jax.toy.samplers import uniform_importance
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import toy_hparams
 from superpos_jax.plots.base import loss_curves
 from superpos_jax.plots.geometry import fraction_label, geometry_figure
-from superpos_jax.sweep import Grid
+from superpos_jax.engine.sweep import Grid
 
 NAME = "geometry"
 DESCRIPTION = "uniform-importance ReLU model across sparsity: dims per feature stick at 1 and 1/2; D_i cluster at polytope fractions"

@@ -11,7 +11,7 @@ positional head, never forming induction heads (their score stays at chance whil
 
 Every seed trains in one compiled, vmapped sweep. Inside the scan (the trainer's `observe`, every
 `log_every` steps) the model is scored on a FIXED batch of `n_eval` sequences of the layout
-[BOS, r_1..r_h, r_1..r_h], h = half (`superpos_jax.induction`): per-head previous-token score
+[BOS, r_1..r_h, r_1..r_h], h = half (`superpos_jax.lm.induction`): per-head previous-token score
 (attention t → t − 1), induction score (attention from t in the repeat to t − h + 1, the token
 after the earlier occurrence), and the first-half and repeat losses. The phase change of a seed
 is the first step whose repeat loss falls below half its initial value; the steepest rise of the
@@ -33,20 +33,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
+from . import common
 from superpos_jax.config import check_positive_int, fail
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.induction import RandomPeriodRepeats, induction_observables
-from superpos_jax.lm_task import RepeatedTokens, lm_task
-from superpos_jax.models.transformer import TransformerConfig, forward
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.lm.induction import RandomPeriodRepeats, induction_observables
+from superpos_jax.lm.task import RepeatedTokens, lm_task
+from superpos_jax.lm.transformer import TransformerConfig, forward
 from superpos_jax.plots.attention import (
     attention_patterns_figure,
     phase_change_loss_figure,
     score_trajectories_figure,
 )
-from superpos_jax.sweep import Grid
-from superpos_jax.train import make_trainer
+from superpos_jax.engine.sweep import Grid
+from superpos_jax.engine.trainer import make_trainer
 
 NAME = "induction-heads"
 DESCRIPTION = "2-layer attention-only transformer on repeated random tokens: induction heads form in a phase change"

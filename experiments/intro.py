@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from experiments import common
+from . import common
 from superpos_jax import plots
 from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
-from superpos_jax.data import geometric_importance
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import MODEL_KINDS, toy_hparams
+from superpos_jax.toy.samplers import geometric_importance
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import MODEL_KINDS, toy_hparams
 from superpos_jax.plots.features2d import feature_diagrams, project_to_plane
-from superpos_jax.sweep import Grid
+from superpos_jax.engine.sweep import Grid
 
 NAME = "intro"
 DESCRIPTION = "n=5 features in m=2 dims across sparsity: orthogonal pair -> antipodal pairs -> pentagon (paper's intro figure)"

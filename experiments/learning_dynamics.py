@@ -37,18 +37,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
-from experiments.geometry import NOT_LEARNED, OTHER, fraction_counts, nearest_fraction
-from superpos_jax import metrics
+from . import common
+from .geometry import NOT_LEARNED, OTHER, fraction_counts, nearest_fraction
+from superpos_jax.toy import metrics
 from superpos_jax.config import check_positive_int, check_probabilities, fail
-from superpos_jax.data import uniform_importance
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import toy_hparams, toy_task
+from superpos_jax.toy.samplers import uniform_importance
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import toy_hparams, toy_task
 from superpos_jax.plots.dynamics import dynamics_figure
 from superpos_jax.plots.geometry import fraction_label
-from superpos_jax.sweep import Grid
-from superpos_jax.train import make_trainer
+from superpos_jax.engine.sweep import Grid
+from superpos_jax.engine.trainer import make_trainer
 
 NAME = "learning-dynamics"
 DESCRIPTION = "feature dimensionalities tracked inside the training scan: discrete jumps between geometric configurations"

@@ -32,24 +32,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superpos_jax import feature_browser, plots, steering
+from superpos_jax import plots
+from superpos_jax.lm import browser
+from superpos_jax.lm import steering
 from superpos_jax.config import check_choices, check_positive_int, fail, to_dict
-from superpos_jax.corpus import Corpus, eval_windows, load_corpus, sample_windows, unigram_cross_entropy
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.interventions import SpliceSAE, ZeroAblate
-from superpos_jax.lm_task import CorpusWindows, lm_task
-from superpos_jax.models import sae as sae_lib
-from superpos_jax.models.transformer import TransformerConfig, TransformerParams, forward, per_token_loss
+from superpos_jax.lm.corpus import Corpus, eval_windows, load_corpus, sample_windows, unigram_cross_entropy
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.lm.interventions import SpliceSAE, ZeroAblate
+from superpos_jax.lm.task import CorpusWindows, lm_task
+from superpos_jax.sae import architectures as sae_lib
+from superpos_jax.lm.transformer import TransformerConfig, TransformerParams, forward, per_token_loss
 from superpos_jax.plots import sae as sae_plots
 from superpos_jax.plots.base import save
-from superpos_jax.sae_data import ArrayRows
-from superpos_jax.sae_io import inference_params, save_sae
-from superpos_jax.sae_training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
-from superpos_jax.sweep import Grid, run_sweep
-from superpos_jax.tokenizer import ByteTokenizer
-from superpos_jax.train import OptimConfig, make_trainer
-from superpos_jax.transformer_io import save_transformer
+from superpos_jax.sae.sources import ArrayRows
+from superpos_jax.sae.io import inference_params, save_sae
+from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.engine.sweep import Grid, run_sweep
+from superpos_jax.lm.tokenizers import ByteTokenizer
+from superpos_jax.engine.optim import OptimConfig
+from superpos_jax.engine.trainer import make_trainer
+from superpos_jax.lm.io import save_transformer
 
 NAME = "monosemanticity"
 DESCRIPTION = "1-layer ReLU-MLP transformer on the stdlib source, SAEs on its MLP, feature browser, steering"
@@ -234,15 +237,15 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     rng = np.random.default_rng(cfg.seed)
     shown = np.sort(rng.choice(alive, min(cfg.browser_units, alive.size), replace=False)) if alive.size else alive
     neurons = np.arange(min(cfg.browser_units, cfg.d_mlp))
-    feature_entries = feature_browser.describe_units(f_val, tokens, feature_logits, shown)
-    neuron_entries = feature_browser.describe_units(val_acts, tokens, neuron_logits, neurons)
-    feature_purity = feature_browser.top_token_purity(f_val[:, :, alive], tokens) if alive.size else np.zeros(0)
-    neuron_purity = feature_browser.top_token_purity(val_acts, tokens)
+    feature_entries = browser.describe_units(f_val, tokens, feature_logits, shown)
+    neuron_entries = browser.describe_units(val_acts, tokens, neuron_logits, neurons)
+    feature_purity = browser.top_token_purity(f_val[:, :, alive], tokens) if alive.size else np.zeros(0)
+    neuron_purity = browser.top_token_purity(val_acts, tokens)
     neuron_density = np.mean(val_acts > 0, axis=(0, 1))
 
     # 5. steering: the purest frequent feature, clamp values vmapped in one call
     candidates = alive[density[alive] > 1e-3] if alive.size else alive
-    pick = int(candidates[np.argmax(feature_browser.top_token_purity(f_val[:, :, candidates], tokens))]) if candidates.size else 0
+    pick = int(candidates[np.argmax(browser.top_token_purity(f_val[:, :, candidates], tokens))]) if candidates.size else 0
     max_act = float(f_val[:, :, pick].max()) if f_val.size else 0.0
     values = np.asarray([m * max_act for m in cfg.steer_multiples], np.float32)
     prompt = jnp.asarray(ByteTokenizer().encode(cfg.steer_prompt))[None, :]
@@ -261,7 +264,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
         save_sae(out_dir / "sae", kind, best_params, hook_name=HOOK, model_name=f"superpos-{NAME}",
                  k=int(enc_hp["k"]) if "k" in enc_hp else None)
         _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram)
-        feature_browser.write_browser(
+        browser.write_browser(
             out_dir / "browser" / "index.html", f"{NAME}: SAE features vs MLP neurons",
             [(f"SAE features (random sample of live features of SAE {sae_grid.coords(best)})", feature_entries),
              ("MLP neurons (first ones)", neuron_entries)],

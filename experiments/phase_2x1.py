@@ -5,7 +5,7 @@ model. The extra feature ends up not represented, in a dedicated dimension, or i
 superposition (an antipodal pair with feature 1, W ≈ [1, −1]).
 
 Beside the trained diagram, the theory: the lowest expected loss of the paper's candidates
-W = [1, 0], [0, 1], [1, −1], each with its optimal norms and biases (`superpos_jax.theory`).
+W = [1, 0], [0, 1], [1, −1], each with its optimal norms and biases (`superpos_jax.toy.theory`).
 The default grid is 30 × 30 cells × 5 seeds (4,500 instances, one sweep: about two minutes on
 2 CPU cores); the paper's is `--set n_importances=50 n_densities=50 n_seeds=10` (25,000
 instances, about 10 minutes).
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments import phase_common
-from superpos_jax import theory
-from superpos_jax.execution import Execution
+from . import phase_common
+from superpos_jax.toy import theory
+from superpos_jax.engine.execution import Execution
 
 NAME = "phase-2x1"
 DESCRIPTION = "n=2, m=1: is the extra feature dropped, dedicated or superposed? trained vs theoretical phase diagram"

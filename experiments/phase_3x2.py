@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments import phase_common
-from superpos_jax import theory
-from superpos_jax.execution import Execution
+from . import phase_common
+from superpos_jax.toy import theory
+from superpos_jax.engine.execution import Execution
 
 NAME = "phase-3x2"
 DESCRIPTION = "n=3, m=2: is the extra feature dropped, dedicated or superposed? trained vs theoretical phase diagram"

@@ -29,14 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
-from superpos_jax import metrics, theory
+from . import common
+from superpos_jax.toy import metrics
+from superpos_jax.toy import theory
 from superpos_jax.config import check_choices, check_positive_int, fail
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import toy_hparams
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import toy_hparams
 from superpos_jax.plots.phase import phase_diagram_figure
-from superpos_jax.sweep import Grid
+from superpos_jax.engine.sweep import Grid
 
 
 @dataclass(frozen=True)

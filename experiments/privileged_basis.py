@@ -28,16 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from experiments import common
-from experiments.common import best_of_seeds
+from . import common
+from .common import best_of_seeds
 from superpos_jax import plots
 from superpos_jax.config import check_positive_int, check_probabilities, fail
-from superpos_jax.data import geometric_importance
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import toy_hparams
+from superpos_jax.toy.samplers import geometric_importance
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import toy_hparams
 from superpos_jax.plots.neurons import privileged_basis_figure
-from superpos_jax.sweep import Grid
+from superpos_jax.engine.sweep import Grid
 
 NAME = "privileged-basis"
 DESCRIPTION = "ReLU hidden layer n=10, m=5: monosemantic neurons when dense, polysemantic when sparse (best of many seeds)"

@@ -30,18 +30,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
+from . import common
 from superpos_jax.config import check_choices, check_positive_int, fail
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
-from superpos_jax.models.toy import toy_hparams
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.toy.models import toy_hparams
 from superpos_jax.plots import sae as sae_plots
 from superpos_jax.plots.base import plt, save
-from superpos_jax.sae_data import ToyHiddenSource
-from superpos_jax.sae_metrics import linear_sum_assignment, recovery
-from superpos_jax.sae_training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
-from superpos_jax.sweep import Grid, SweepResult
-from superpos_jax.train import Trainer, make_trainer
+from superpos_jax.sae.sources import ToyHiddenSource
+from superpos_jax.sae.metrics import linear_sum_assignment, recovery
+from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.engine.sweep import Grid, SweepResult
+from superpos_jax.engine.trainer import Trainer, make_trainer
 
 NAME = "sae-on-toy-model"
 DESCRIPTION = "SAEs (TopK over k, ReLU over λ) on a toy model's hidden layer: do they recover its features?"

@@ -34,18 +34,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
+from . import common
 from superpos_jax.config import check_positive_int, fail
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
 from superpos_jax.plots import sae as sae_plots
 from superpos_jax.plots.base import save
-from superpos_jax.prng import GENERATORS
-from superpos_jax.sae_data import GroundTruthSource, decaying_probabilities, ground_truth_dictionary
-from superpos_jax.sae_training import SAETraining, batched_evaluate, evaluate, recipe_optim, sae_hparams, sae_task
-from superpos_jax.scaling_law import PowerLaw, compute_optimal, fit_power_law, loss_frontier, sae_training_flops
-from superpos_jax.sweep import Grid
-from superpos_jax.train import Trainer, make_trainer
+from superpos_jax.engine.prng import GENERATORS
+from superpos_jax.sae.sources import GroundTruthSource, decaying_probabilities, ground_truth_dictionary
+from superpos_jax.sae.training import SAETraining, batched_evaluate, evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.sae.scaling import PowerLaw, compute_optimal, fit_power_law, loss_frontier, sae_training_flops
+from superpos_jax.engine.sweep import Grid
+from superpos_jax.engine.trainer import Trainer, make_trainer
 
 NAME = "sae-scaling"
 DESCRIPTION = "SAE scaling laws: held-out FVU vs dictionary size and compute, fitted power laws, N_opt(C)"

@@ -45,14 +45,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments import common
-from superpos_jax import sae_data, sae_metrics
+from . import common
+from superpos_jax.sae import sources
+from superpos_jax.sae import metrics as sae_metrics
 from superpos_jax.config import check_choices, check_positive_int, fail
-from superpos_jax.distributed import is_primary
-from superpos_jax.execution import Execution
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
 from superpos_jax.plots import base as plot_base
 from superpos_jax.plots import sae as sae_plots
-from superpos_jax.sae_training import (
+from superpos_jax.sae.training import (
     TOPK_FAMILY,
     SAETraining,
     batched_evaluate,
@@ -60,8 +61,9 @@ from superpos_jax.sae_training import (
     sae_hparams,
     sae_task,
 )
-from superpos_jax.sweep import Grid
-from superpos_jax.train import OptimConfig, Trainer, make_trainer
+from superpos_jax.engine.sweep import Grid
+from superpos_jax.engine.optim import OptimConfig
+from superpos_jax.engine.trainer import Trainer, make_trainer
 
 NAME = "sae-toy"
 DESCRIPTION = "SAE ground-truth recovery: 512 features in 256 dims, MMCS of relu/2024/topk/batchtopk/jumprelu/gated"
@@ -170,13 +172,13 @@ def coefficient_name(arch: str) -> str:
     return "k" if arch in TOPK_FAMILY else "l1_coefficient"
 
 
-def ground_truth(cfg: Config) -> sae_data.GroundTruthSource:
+def ground_truth(cfg: Config) -> sources.GroundTruthSource:
     """The synthetic source: `ground_truth_dictionary(n_features, d_in)` (rows, unit norm) with
     `decaying_probabilities(n_features, probability_base, mean_active)`, independent features."""
-    dictionary = sae_data.ground_truth_dictionary(
+    dictionary = sources.ground_truth_dictionary(
         cfg.n_features, cfg.d_in, key=jax.random.fold_in(jax.random.key(cfg.seed), _DICTIONARY_SALT))
-    p = sae_data.decaying_probabilities(cfg.n_features, cfg.probability_base, cfg.mean_active)
-    return sae_data.GroundTruthSource(dictionary, p)
+    p = sources.decaying_probabilities(cfg.n_features, cfg.probability_base, cfg.mean_active)
+    return sources.GroundTruthSource(dictionary, p)
 
 
 def training_of(cfg: Config, arch: str) -> SAETraining:
@@ -230,7 +232,7 @@ def recovery_scores(decoders: np.ndarray, dictionary: np.ndarray) -> dict[str, n
 
 
 def run_architecture(
-    cfg: Config, arch: str, source: sae_data.GroundTruthSource, x_eval: jax.Array, out_dir: Path, *,
+    cfg: Config, arch: str, source: sources.GroundTruthSource, x_eval: jax.Array, out_dir: Path, *,
     progress: bool, execution: Execution,
 ) -> dict[str, Any]:
     """Train one architecture's sweep and score every instance; host arrays and records."""

@@ -24,17 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from superpos_jax import checkpoint, distributed
+from superpos_jax.engine import checkpoint
+from superpos_jax.engine import distributed
 from superpos_jax.config import ConfigError, apply_overrides, from_dict, read_json, to_dict, write_json
-from superpos_jax.execution import Execution
-from superpos_jax.sweep import Preempted
+from superpos_jax.engine.execution import Execution
+from superpos_jax.engine.sweep import Preempted
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: interrupted, resumable
 
 
 def _experiments():
-    import experiments
-
+    import superpos_experiments as experiments
     return experiments
 
 
@@ -150,8 +150,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from superpos_jax import steering
-    from superpos_jax.tokenizer import ByteTokenizer
+    from superpos_jax.lm import steering
+    from superpos_jax.lm.tokenizers import ByteTokenizer
 
     values = list(args.values or [])
     if args.value is not None:

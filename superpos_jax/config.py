@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
+import math
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,31 +26,113 @@ def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
     raise ConfigError(f"config field {field!r} = {value!r} is invalid: must be {allowed}")
 
 
-def check_positive_int(cfg: Any, *names: str) -> None:
-    for name in names:
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            fail(name, v, "a positive integer")
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A constraint on one field, declared in its annotation: `x: Annotated[float, positive]`.
+
+    `test(value) -> bool`; `allowed` says what is allowed, in the words of the error message.
+    """
+
+    allowed: str
+    test: Callable[[Any], bool]
 
 
-def check_probabilities(cfg: Any, name: str) -> None:
-    values = getattr(cfg, name)
-    if len(values) == 0:
-        fail(name, values, "a non-empty list of probabilities in [0, 1]")
-    for v in values:
-        if not (0.0 <= v <= 1.0):
-            fail(name, values, f"probabilities in [0, 1] (1 - sparsity); {v} is not")
+positive = Rule("> 0", lambda v: v > 0)
+non_negative = Rule(">= 0", lambda v: v >= 0)
+probability = Rule("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+unit_open = Rule("in (0, 1)", lambda v: 0.0 < v < 1.0)
+non_empty = Rule("non-empty", lambda v: len(v) > 0)
 
 
-def check_choices(cfg: Any, name: str, choices: Iterable[str]) -> None:
-    choices = tuple(choices)
-    values = getattr(cfg, name)
-    values = (values,) if isinstance(values, str) else values
-    if isinstance(getattr(cfg, name), tuple) and len(values) == 0:
-        fail(name, values, f"a non-empty list from {choices}")
-    for v in values:
-        if v not in choices:
-            fail(name, getattr(cfg, name), f"one of {choices}")
+def at_least(lo: float) -> Rule:
+    return Rule(f">= {lo}", lambda v: v >= lo)
+
+
+def in_range(lo: float, hi: float, *, closed: str = "[]") -> Rule:
+    """`lo <= v <= hi`; `closed` is "[]", "[)", "(]" or "()"."""
+    left = (lambda v: v >= lo) if closed[0] == "[" else (lambda v: v > lo)
+    right = (lambda v: v <= hi) if closed[1] == "]" else (lambda v: v < hi)
+    return Rule(f"in {closed[0]}{lo}, {hi}{closed[1]}", lambda v: left(v) and right(v))
+
+
+def one_of(*choices: Any) -> Rule:
+    return Rule(f"one of {choices}", lambda v: v in choices)
+
+
+def each(rule: Rule) -> Rule:
+    """Every element of a tuple field satisfies `rule`."""
+    return Rule(f"a list of values {rule.allowed}", lambda v: all(rule.test(x) for x in v))
+
+
+def _type_error(tp: Any, value: Any) -> str | None:
+    """What `value` should be to have type `tp` (None when it has it). Floats must be finite
+    unless the annotation carries `allow_infinite`; bools are not ints."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _type_error(args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        errors = [_type_error(a, value) for a in args]
+        return None if any(e is None for e in errors) else " or ".join(e for e in errors if e)
+    if tp is type(None):
+        return None if value is None else "None"
+    if origin is typing.Literal:
+        return None if value in args else f"one of {args}"
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return "a list"
+        item = args[0] if args else Any
+        for v in value:
+            err = _type_error(item, v)
+            if err is not None:
+                return f"a list of {err}"
+        return None
+    if tp is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "a number"
+        return None if math.isfinite(value) else "a finite number"
+    if tp is str:
+        return None if isinstance(value, str) else "a string"
+    if dataclasses.is_dataclass(tp):
+        return None if isinstance(value, tp) else f"a {tp.__name__}"
+    return None
+
+
+def rules_of(annotation: Any) -> tuple[Rule, ...]:
+    """The `Rule`s declared in an `Annotated[...]` annotation (outermost level)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return tuple(m for m in typing.get_args(annotation)[1:] if isinstance(m, Rule))
+    return ()
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Check every field of dataclass `obj` against its annotation: its type (floats finite,
+    no bool for int), then its declared `Rule`s, recursing into nested dataclasses (errors
+    name the dotted path, e.g. 'sae.k'); then `obj.check()`, when defined, for constraints
+    between fields (it raises through `fail`). Raises `ConfigError` on the first violation."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        name, value, tp = prefix + f.name, getattr(obj, f.name), hints[f.name]
+        error = _type_error(tp, value)
+        if error is not None:
+            fail(name, value, error)
+        if value is not None:
+            for rule in rules_of(tp):
+                if not rule.test(value):
+                    fail(name, value, rule.allowed)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate(value, prefix=f"{name}.")
+    check = getattr(obj, "check", None)
+    if callable(check):
+        try:
+            check()
+        except ConfigError as e:
+            if prefix and "config field '" in str(e):
+                raise ConfigError(str(e).replace("config field '", f"config field '{prefix}", 1)) from None
+            raise
 
 
 def _field_types(cls: type) -> dict[str, Any]:

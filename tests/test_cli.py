@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import sparsity
+from superpos_experiments import sparsity
 from superpos_jax import cli
 
 TINY = ["--set", "n_steps=200", "chunk_steps=100", "log_every=10", "n_seeds=1", "feature_probabilities=1,0.05", "batch_size=256"]

@@ -9,7 +9,7 @@ jitted, and returns one float32 NumPy array per sown name. Names are the dotted 
 of the sowing module plus the sow name, e.g. "hidden" (sown by the top module) or
 "blocks.0.mlp.post". Every activation of shape (..., d) is flattened to (rows, d), so a
 (batch, pos, d) residual stream yields batch · pos rows per batch — the layout that
-`superpos_jax.sae_data.ArraySource` streams. `write_npy` saves the arrays as `.npy` files for
+`superpos_jax.sae.sources.ArraySource` streams. `write_npy` saves the arrays as `.npy` files for
 its memory-mapped path.
 
 If one name is sown k > 1 times in a forward pass (a loop over a shared module), the values are

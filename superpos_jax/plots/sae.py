@@ -18,8 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from superpos_jax.plots.base import plt
-from superpos_jax.sae_metrics import feature_density_histogram
-from superpos_jax.scaling_law import ComputeOptimal, PowerLaw, loss_frontier
+from superpos_jax.sae.metrics import feature_density_histogram
+from superpos_jax.sae.scaling import ComputeOptimal, PowerLaw, loss_frontier
 
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 DEAD_COLOUR = "#7f7f7f"

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib import cm, colors
 
-from superpos_jax import metrics
+from superpos_jax.toy import metrics
 from superpos_jax.plots.base import plt, save
 
 
