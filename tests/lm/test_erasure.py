@@ -42,7 +42,9 @@ def _reference_leace(x, z):
     w = v @ np.diag(lam**-0.5) @ v.T
     w_pinv = v @ np.diag(lam**0.5) @ v.T
     m = w @ sxz
-    p = m @ np.linalg.pinv(m)
+    # m has rank k - 1 for one-hot z (its centred columns sum to zero): cut the null singular
+    # value explicitly rather than trust pinv's default cutoff, which changed between NumPy versions.
+    p = m @ np.linalg.pinv(m, rcond=1e-10)
     return x - (x - mu) @ (w_pinv @ p @ w).T
 
 
