@@ -20,3 +20,25 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def crash_after_chunks(monkeypatch):
+    """`crash_after_chunks(trainer, n)`: the next `run_sweep` with `trainer` (on the default
+    mesh, as run_sweep places it) raises KeyboardInterrupt — a simulated kill — once `n` chunks
+    have run. Undo with `monkeypatch.undo()`."""
+    from superpos_jax.engine.distributed import sweep_mesh
+
+    def install(trainer, n: int) -> None:
+        sharded = trainer.on(sweep_mesh())
+        real_run, calls = sharded.run, []
+
+        def crashing_run(state, hparams, n_steps):
+            if len(calls) == n:
+                raise KeyboardInterrupt("simulated crash")
+            calls.append(n_steps)
+            return real_run(state, hparams, n_steps=n_steps)
+
+        monkeypatch.setattr(sharded, "run", crashing_run)
+
+    return install

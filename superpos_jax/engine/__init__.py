@@ -1,5 +1,6 @@
 """The model-agnostic engine: a `Task` becomes a vmapped init and a scanned, donated, sharded
-training loop; sweeps, execution plans, processes, checkpoints and the data-path generator.
+training loop; sweeps, execution plans, processes, checkpoints, the metrics log and the
+data-path generator.
 
 Imports no model family.
 """
@@ -13,6 +14,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "sweep": ["Grid", "Preempted", "SweepResult", "run_sweep"],
     "execution": ["BlockPlan", "Execution"],
     "distributed": ["sweep_mesh"],
+    "metrics_log": ["MetricsLog"],
     "checkpoint": [],
     "prng": [],
 })

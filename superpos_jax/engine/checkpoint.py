@@ -20,10 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
-import orbax.checkpoint as ocp
 from jaxtyping import PyTree
 
 from superpos_jax.engine.distributed import barrier, is_primary
+
+def _orbax() -> Any:
+    """orbax.checkpoint, imported when a checkpoint is first written or read (it pulls in
+    tensorstore and an event loop: seconds that `import superpos_jax` should not pay)."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
 
 
 class CheckpointError(FileNotFoundError):
@@ -34,8 +40,9 @@ class CheckpointMismatch(ValueError):
     """A checkpoint was written by a run with a different configuration."""
 
 
-def manager(directory: str | Path, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
-    """An async checkpoint manager rooted at `directory` (created if missing)."""
+def manager(directory: str | Path, *, max_to_keep: int = 3) -> Any:
+    """An async `orbax.checkpoint.CheckpointManager` rooted at `directory` (created if missing)."""
+    ocp = _orbax()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True
     )
@@ -56,12 +63,13 @@ def latest_step(directory: str | Path) -> int | None:
     return found[-1] if found else None
 
 
-def save(mngr: ocp.CheckpointManager, step: int, tree: PyTree, meta: Mapping[str, Any] | None = None) -> None:
+def save(mngr: Any, step: int, tree: PyTree, meta: Mapping[str, Any] | None = None) -> None:
     """Start saving the arrays of `tree` (and the JSON `meta`) as checkpoint `step`.
 
     Returns before the write finishes; the arrays must not be modified or donated until
     `mngr.wait_until_finished()` (pass host copies).
     """
+    ocp = _orbax()
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(eqx.filter(tree, eqx.is_array)), meta=ocp.args.JsonSave(dict(meta or {}))
     )
@@ -69,6 +77,7 @@ def save(mngr: ocp.CheckpointManager, step: int, tree: PyTree, meta: Mapping[str
 
 
 def _read(directory: Path, step: int, like: PyTree) -> tuple[PyTree, dict[str, Any]]:
+    ocp = _orbax()
     arrays, static = eqx.partition(like, eqx.is_array)
     with ocp.CheckpointManager(directory) as mngr:
         meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -10,16 +10,18 @@ On CPU devices B is further capped so that one call's working set stays near the
 (`cpu_block_bytes`, 8 MiB per device by default): a sweep of 1024 n=20, m=5 models then runs
 ~5× faster than as one block (see benchmarks/RESULTS.md). Accelerators get the biggest block.
 
-The working set is measured, not guessed: a probe block is compiled and XLA's own memory
-analysis (arguments, temporaries, outputs, less donated aliases, per device) gives the
-bytes per instance. Padding only repeats a real instance, so it never makes NaNs, and it
-is dropped from every result.
+The working set is measured, not guessed: a probe block is compiled (`Trainer.lower_run`)
+and XLA's own memory analysis (arguments, temporaries, outputs, less donated aliases, per
+device) gives the bytes per instance; `plan_sweep` does this once per trainer and shape (the
+cache is this module's, keyed weakly by trainer). Padding only repeats a real instance, so
+it never makes NaNs, and it is dropped from every result.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from superpos_jax.engine.distributed import agree, sweep_mesh
+from superpos_jax.engine.distributed import agree, instance_sharding, sweep_mesh
+from superpos_jax.engine.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -185,21 +188,27 @@ def memory_budget(mesh: Mesh, fraction: float) -> float:
     return float(agree(np.float64(budget), "min"))
 
 
-def measure_footprint(trainer: Any, hparams_block: Any, keys_block: Any) -> Footprint | None:
-    """Per-instance, per-device bytes of `trainer.run` on a probe block, from XLA's memory
-    analysis of the compiled program (None where the backend gives none)."""
+# Footprints measured per trainer and probe signature: one probe compile per trainer and
+# shape, not per sweep. Weak keys, so the cache never keeps a trainer alive.
+_FOOTPRINTS: weakref.WeakKeyDictionary[Trainer, dict[Any, Footprint | None]] = weakref.WeakKeyDictionary()
+
+
+def measure_footprint(trainer: Trainer, hparams_block: Any, keys_block: Any) -> Footprint | None:
+    """Per-instance, per-device bytes of `trainer.run` on a probe block (arrays or
+    `jax.ShapeDtypeStruct`s sharded over `trainer.mesh`), from XLA's memory analysis of the
+    compiled program (None where the backend gives none). Cached per trainer and shape."""
     n = int(np.shape(keys_block)[0])
     signature = (n, str(jax.tree.map(lambda a: (a.shape, str(a.dtype)), (hparams_block, keys_block))))
-    if signature not in trainer.footprints:  # one probe compile per trainer and shape, not per sweep
-        trainer.footprints[signature] = _probe(trainer, hparams_block, keys_block, n // trainer.mesh.size)
-    return trainer.footprints[signature]
+    cache = _FOOTPRINTS.setdefault(trainer, {})
+    if signature not in cache:
+        cache[signature] = _probe(trainer, hparams_block, keys_block, n // trainer.mesh.size)
+    return cache[signature]
 
 
-def _probe(trainer: Any, hparams_block: Any, keys_block: Any, per_device: int) -> Footprint | None:
+def _probe(trainer: Trainer, hparams_block: Any, keys_block: Any, per_device: int) -> Footprint | None:
     state = jax.eval_shape(trainer.init, hparams_block, keys_block)
     try:
-        compiled = trainer.run_jit.lower(state, hparams_block, trainer.shared, trainer.log_every).compile()
-        stats = compiled.memory_analysis()
+        stats = trainer.lower_run(state, hparams_block, trainer.log_every).compile().memory_analysis()
     except (NotImplementedError, RuntimeError):
         return None
     if stats is None:
@@ -208,3 +217,30 @@ def _probe(trainer: Any, hparams_block: Any, keys_block: Any, per_device: int) -
     args = float(stats.argument_size_in_bytes) - shared
     working = float(stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes)
     return Footprint(call=working / per_device, resident=args / per_device)
+
+
+def plan_sweep(trainer: Trainer, hparams: Any, keys: Any, execution: Execution) -> BlockPlan:
+    """The block plan of a sweep of `trainer` (already on `execution`'s mesh) over host
+    `hparams` and `keys` (one per instance): the cap, or one block when the instances fit on
+    the devices at one each, or else blocks sized from a probe's measured footprint."""
+    key_data = np.asarray(jax.random.key_data(keys))
+    n, n_devices = key_data.shape[0], trainer.mesh.size
+    if execution.max_instances_per_call is not None:
+        return plan_blocks(n, n_devices, max_instances_per_call=execution.max_instances_per_call)
+    if n <= n_devices:
+        return plan_blocks(n, n_devices)
+    probe = min(8, -(-n // n_devices)) * n_devices
+    sharding = instance_sharding(trainer.mesh)
+    rows = np.minimum(np.arange(probe), n - 1)
+    abstract = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)  # noqa: E731
+    probe_hp = jax.tree.map(lambda a: abstract(np.asarray(a)[rows]), hparams)
+    impl = jax.random.key_impl(keys)
+    probe_keys = abstract(jax.eval_shape(lambda d: jax.random.wrap_key_data(d, impl=impl), key_data[rows]))
+    footprint = measure_footprint(trainer, probe_hp, probe_keys)
+    if footprint is None:
+        return plan_blocks(n, n_devices)
+    on_cpu = trainer.mesh.devices.flat[0].platform == "cpu"
+    return plan_blocks(
+        n, n_devices, footprint=footprint, budget_bytes=memory_budget(trainer.mesh, execution.memory_fraction),
+        target_bytes=execution.cpu_block_bytes if on_cpu else None,
+    )

@@ -9,8 +9,8 @@ back to the grid's shape.
 `run_sweep` advances a batched `TrainState` chunk by chunk: each chunk is one compiled,
 donated call of `Trainer.run` per block of instances (see `execution`), sharded over the
 device mesh; between chunks the host only gathers the loss trace, checks it for NaN/inf,
-prints progress and saves a checkpoint. With `chunk_steps >= n_steps` and one block the
-whole sweep is literally one call.
+prints progress, appends a line to metrics.jsonl (`metrics_log`, when given) and saves a
+checkpoint. With `chunk_steps >= n_steps` and one block the whole sweep is literally one call.
 
 Durability: a checkpoint after every chunk holds the whole state (params, optimizer state,
 step, keys), the loss trace and the run's fingerprint. A run that finds checkpoints
@@ -34,7 +34,8 @@ import numpy as np
 
 from superpos_jax.engine import checkpoint
 from superpos_jax.engine.distributed import agree, instance_sharding, is_primary, to_global, to_host
-from superpos_jax.engine.execution import BlockPlan, Execution, measure_footprint, memory_budget, plan_blocks
+from superpos_jax.engine.execution import BlockPlan, Execution, plan_sweep
+from superpos_jax.engine.metrics_log import MetricsLog, observation_names, scalar_observations
 from superpos_jax.engine.task import Hparams
 from superpos_jax.engine.trainer import Trainer, TrainState
 
@@ -185,28 +186,6 @@ def _leading_size(hparams: Hparams, n: int) -> None:
             )
 
 
-def _plan(trainer: Trainer, hparams: Any, key_data: np.ndarray, impl: Any, execution: Execution) -> BlockPlan:
-    n, n_devices = key_data.shape[0], trainer.mesh.size
-    if execution.max_instances_per_call is not None:
-        return plan_blocks(n, n_devices, max_instances_per_call=execution.max_instances_per_call)
-    if n <= n_devices:
-        return plan_blocks(n, n_devices)
-    probe = min(8, -(-n // n_devices)) * n_devices
-    sharding = instance_sharding(trainer.mesh)
-    rows = np.minimum(np.arange(probe), n - 1)
-    abstract = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)  # noqa: E731
-    probe_hp = jax.tree.map(lambda a: abstract(a[rows]), hparams)
-    probe_keys = abstract(jax.eval_shape(lambda d: jax.random.wrap_key_data(d, impl=impl), key_data[rows]))
-    footprint = measure_footprint(trainer, probe_hp, probe_keys)
-    if footprint is None:
-        return plan_blocks(n, n_devices)
-    on_cpu = trainer.mesh.devices.flat[0].platform == "cpu"
-    return plan_blocks(
-        n, n_devices, footprint=footprint, budget_bytes=memory_budget(trainer.mesh, execution.memory_fraction),
-        target_bytes=execution.cpu_block_bytes if on_cpu else None,
-    )
-
-
 def run_sweep(
     trainer: Trainer,
     hparams: Hparams,
@@ -219,6 +198,7 @@ def run_sweep(
     execution: Execution = Execution(),
     grid: Grid | None = None,
     fingerprint: dict[str, Any] | None = None,
+    metrics: MetricsLog | None = None,
 ) -> SweepResult:
     """Train every instance for `n_steps`, `chunk_steps` at a time, on `execution`'s devices.
 
@@ -237,6 +217,9 @@ def run_sweep(
         grid: names instances in NaN reports by their grid coordinates.
         fingerprint: JSON-able description of the run (e.g. its config); a checkpoint with a
             different one is refused with `checkpoint.CheckpointMismatch`.
+        metrics: append one metrics.jsonl line per chunk there (loss quantiles, per-instance
+            last-window loss and scalar observations with grid coordinates; see
+            `metrics_log`); its lines past the start step are dropped first.
 
     Returns:
         A `SweepResult` on the host, identical in every process.
@@ -257,7 +240,7 @@ def run_sweep(
 
     trainer = trainer.on(execution.resolved_mesh())
     sharding = instance_sharding(trainer.mesh)
-    plan = _plan(trainer, hparams, key_data, impl, execution)
+    plan = plan_sweep(trainer, hparams, keys, execution)
     hp_blocks = [to_global(b, sharding) for b in plan.split(plan.pad(hparams))]
     key_blocks = [jax.random.wrap_key_data(to_global(b, sharding), impl=impl) for b in plan.split(plan.pad(key_data))]
     if progress:
@@ -270,6 +253,8 @@ def run_sweep(
     if trainer.observe is not None:
         shapes = jax.eval_shape(jax.vmap(trainer.observe), block.params, hp_blocks[0])
         observations = jax.tree.map(lambda s: _unfilled((n, n_windows, *s.shape[1:]), s.dtype), shapes)
+        if metrics is not None:
+            observation_names(shapes)  # names that metrics.jsonl cannot hold fail before training
     non_finite: dict[int, int] = {}
     start_step = 0
     if checkpoint_dir is not None and checkpoint.latest_step(checkpoint_dir) is not None:
@@ -286,6 +271,9 @@ def run_sweep(
     else:
         states = [trainer.init(hp, k) for hp, k in zip(hp_blocks, key_blocks, strict=True)]
 
+    coords = [grid.coords(i) if grid is not None else {} for i in range(n)] if metrics is not None else []
+    if metrics is not None:
+        metrics.open(start_step)
     mngr = checkpoint.manager(checkpoint_dir) if checkpoint_dir is not None else None
     bar = Progress(n_steps, n, start_step) if progress else None
     t0 = time.perf_counter()
@@ -306,8 +294,13 @@ def run_sweep(
                     jax.tree.map(lambda whole, part: whole.__setitem__((slice(None), window), part), observations, observed)
                 _report_non_finite(losses[:, : (step + todo) // log_every], non_finite, step, step + todo, describe)
                 step += todo
+                last = step // log_every - 1
                 if bar is not None:
-                    bar.update(step, losses[:, step // log_every - 1])
+                    bar.update(step, losses[:, last])
+                if metrics is not None:
+                    scalars = {} if observations is None else scalar_observations(
+                        jax.tree.map(lambda a: a[:, last], observations))
+                    metrics.log(step, time.perf_counter() - t0, losses[:, last], scalars, coords)
                 if mngr is not None:
                     host_state = plan.join([to_host(s) for s in states])
                     meta = {"fingerprint": fingerprint, "step": step, "non_finite": {str(k): v for k, v in non_finite.items()}}
@@ -319,6 +312,8 @@ def run_sweep(
     finally:
         if bar is not None:
             bar.close()
+        if metrics is not None:
+            metrics.close()
         if mngr is not None:
             mngr.wait_until_finished()
             mngr.close()

@@ -8,6 +8,13 @@ A model family plugs in by supplying a `Task` of three pure, single-instance fun
 
 and, where it needs them, optional pieces (see `Task`). `hparams` is a pytree of arrays for
 one instance (feature probabilities, importance, learning rate, model-kind flags, ...).
+
+The `shared` rule: a task whose `shared` is not None (a corpus, a frozen model, an activation
+store) has EVERY one of its callables — `init`, `sample`, `loss`, `transform`, `init_extra`,
+`prepare`, `after_update` — called with the extra keyword argument `shared=`, the same array
+tree each time: an argument of the compiled call, replicated over the mesh. A task must read
+its data through that argument and never close over it, or the arrays are baked into the
+compiled program as constants (slow to compile, and copied into every program).
 """
 
 from __future__ import annotations
@@ -22,21 +29,26 @@ from jaxtyping import Array, ArrayLike, PyTree
 Hparams = PyTree[ArrayLike]
 Params = PyTree[Array]
 
+
 @dataclass(frozen=True)
 class Task:
     """The pure functions that define what is trained (see the module docstring).
 
+    Every callable below also receives the keyword `shared=` when `shared` is not None (and
+    only then); the signatures are written without it.
+
     Attributes:
-        init: `(hparams, *, key[, shared]) -> params`.
-        sample: `(hparams, *, key[, shared]) -> batch`.
+        init: `(hparams, *, key) -> params`.
+        sample: `(hparams, *, key) -> batch`.
         loss: `(params, batch, hparams) -> scalar`, or `(scalar, aux)` when `has_aux`.
         has_aux: the loss returns `(scalar, aux)`; `aux` goes to `after_update`.
         shared: a pytree of arrays common to every instance (no instance axis), passed to
-            `init` and `sample` as the keyword `shared` (only when not None).
-        transform: `hparams -> optax.GradientTransformation`, chained before the optimizer
+            every callable as the keyword `shared` (only when not None).
+        transform: `(hparams) -> optax.GradientTransformation`, chained before the optimizer
             (it receives the parameters in `update`).
         init_extra: `(params, hparams) -> pytree`, the initial `TrainState.extra`.
-        prepare: `(hparams, state) -> hparams` for this step's `sample` and `loss`.
+        prepare: `(hparams, state) -> hparams` for this step's `sample`, `loss` and
+            `after_update`.
         after_update: `(state, batch, aux, hparams) -> state`, applied to the state after
             the optimizer update (its `step` already advanced); `aux` is None without `has_aux`.
     """
@@ -46,7 +58,12 @@ class Task:
     loss: Callable[..., Any]
     has_aux: bool = False
     shared: PyTree | None = None
-    transform: Callable[[Hparams], optax.GradientTransformation] | None = None
-    init_extra: Callable[[Params, Hparams], PyTree] | None = None
-    prepare: Callable[[Hparams, Any], Hparams] | None = None
-    after_update: Callable[[Any, Any, Any, Hparams], Any] | None = None
+    transform: Callable[..., optax.GradientTransformation] | None = None
+    init_extra: Callable[..., PyTree] | None = None
+    prepare: Callable[..., Hparams] | None = None
+    after_update: Callable[..., Any] | None = None
+
+    def shared_kwargs(self, shared: PyTree | None) -> dict[str, Any]:
+        """`{"shared": shared}` for a task with shared arrays, `{}` for one without: the
+        keyword arguments every callable of this task is given."""
+        return {} if self.shared is None else {"shared": shared}

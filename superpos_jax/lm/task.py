@@ -1,7 +1,8 @@
 """Language-model training on the engine: token sources and the `Task` of a tiny transformer.
 
 A token source is an equinox module whose arrays reach the compiled loop as call arguments
-(`Task.shared`) and whose `sample(key, batch_size)` draws int32 (batch, seq_len) sequences:
+(`Task.shared`, given to every callable of the task as `shared=`) and whose
+`sample(key, batch_size)` draws int32 (batch, seq_len) sequences:
 
 * `CorpusWindows`: random windows of a tokenised corpus (`superpos_jax.lm.corpus`);
 * `RepeatedTokens`: sequences whose second half repeats a uniformly random first half. With a
@@ -87,7 +88,7 @@ def lm_task(cfg: TransformerConfig, source: eqx.Module, batch_size: int, *, loss
     def sample(hparams: dict, *, key: PRNGKeyArray, shared: eqx.Module) -> Array:
         return shared.sample(key, batch_size)
 
-    def loss(params: TransformerParams, tokens: Array, hparams: dict) -> Scalar:
+    def loss(params: TransformerParams, tokens: Array, hparams: dict, *, shared: eqx.Module) -> Scalar:
         return jnp.mean(per_token_loss(params, tokens)[:, loss_from:])
 
     return Task(init=init, sample=sample, loss=loss, shared=source)

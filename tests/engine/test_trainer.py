@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 
 from superpos_jax import Grid, OptimConfig, geometric_importance, instance_keys, make_trainer, run_sweep, toy_hparams, toy_task
-from superpos_jax.engine.distributed import sweep_mesh
-from superpos_jax.engine.optim import lr_multiplier
+
+
+def lr_multiplier(optim: OptimConfig):
+    """The schedule's factor of the base rate: the schedule of a base rate of 1."""
+    return optim.learning_rate_schedule(1.0)
+
 
 N, M, BATCH = 6, 2, 64
 
@@ -57,21 +61,12 @@ def test_chunked_equals_one_call(trainer):
     assert one.losses.shape == (2, 8)
 
 
-def test_crashed_run_resumes_bit_identical(trainer, tmp_path, monkeypatch):
+def test_crashed_run_resumes_bit_identical(trainer, tmp_path, monkeypatch, crash_after_chunks):
     hp = _hparams([0.3, 0.05], ["relu", "relu"], [1e-3, 2e-3])
     keys = instance_keys([5, 6])
     full = run_sweep(trainer, hp, keys, n_steps=40, chunk_steps=10, progress=False)
 
-    sharded = trainer.on(sweep_mesh())  # the trainer run_sweep will use
-    real_run, calls = sharded.run, []
-
-    def crash_after_two_chunks(state, hparams, n_steps):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        calls.append(n_steps)
-        return real_run(state, hparams, n_steps=n_steps)
-
-    monkeypatch.setattr(sharded, "run", crash_after_two_chunks)
+    crash_after_chunks(trainer, 2)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(trainer, hp, keys, n_steps=40, chunk_steps=10, checkpoint_dir=tmp_path, progress=False)
     monkeypatch.undo()
@@ -236,23 +231,23 @@ def test_task_extensions_shared_aux_prepare_after_update():
     def sample(hp, *, key, shared):
         return shared[jax.random.randint(key, (4,), 0, shared.shape[0])] * hp["scale"]
 
-    def loss(params, x, hp):
+    def loss(params, x, hp, *, shared):
         return jnp.mean(jnp.square(params["w"] - x)), {"mean_x": jnp.mean(x)}
 
-    def prepare(hp, state):
+    def prepare(hp, state, *, shared):
         return {**hp, "scale": hp["scale"] * (state.step + 1).astype(jnp.float32)}
 
-    def after_update(state, x, aux, hp):
+    def after_update(state, x, aux, hp, *, shared):
         extra = {"sum_x": state.extra["sum_x"] + aux["mean_x"], "last_scale": hp["scale"]}
         return eqx.tree_at(lambda s: s.extra, state, extra)
 
     task = Task(init, sample, loss, has_aux=True, shared=table, prepare=prepare, after_update=after_update,
-                init_extra=lambda params, hp: {"sum_x": jnp.float32(0), "last_scale": jnp.float32(0)})
+                init_extra=lambda params, hp, *, shared: {"sum_x": jnp.float32(0), "last_scale": jnp.float32(0)})
     trainer = make_trainer(task, OptimConfig(name="adam"))
     hp = {"scale": np.asarray([1.0, 2.0], np.float32)}
     state = trainer.init(hp, instance_keys([0, 1]))
     np.testing.assert_array_equal(np.asarray(state.params["w"]), [1.0, 1.0])
-    hlo = trainer.run_jit.lower(state, hp, trainer.shared, 3).as_text()
+    hlo = trainer.lower_run(state, hp, 3).as_text()
     assert len(hlo) < 200_000  # 800 KB of shared data would be in the text if it were a constant
     state, _ = trainer.run(state, hp, 3)
     np.testing.assert_allclose(np.asarray(state.extra["last_scale"]), [3.0, 6.0])
