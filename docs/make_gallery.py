@@ -76,25 +76,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", help="experiments to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="use the --quick configs")
     args = ap.parse_args(argv)
-    import superpos_experiments as experiments
-    names = args.only or sorted(experiments.REGISTRY)
+    from superpos_jax import suite
+    from superpos_jax.rundir import RunDir
+
+    available = {e.name: e for e in suite.discover() if e.broken is None}
+    names = args.only or sorted(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        ap.error(f"unknown or broken experiment(s) {unknown}; `superpos list` shows why")
     FIGURES.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="superpos-gallery-"))
     for name in names:
-        module = experiments.load(name)
-        out = scratch / name
+        out = RunDir(scratch / name)
         command = ["superpos", "run", name, *(["--quick"] if args.quick else [])]
         print(f"running {' '.join(command)}", flush=True)
         t0 = time.perf_counter()
-        subprocess.run([*command, "--out", str(out)], check=True)
+        subprocess.run([*command, "--out", str(out.root)], check=True)
         seconds = time.perf_counter() - t0
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads(out.summary_path.read_text())
         figures = []
-        for fig in sorted((out / "figures").glob("*.png"), key=lambda f: (f.stem.startswith("loss"), f.name)):
+        for fig in sorted(out.figures_written(), key=lambda f: (f.stem.startswith("loss"), f.name)):
             dest = FIGURES / f"{name}-{fig.name}"
             shutil.copyfile(fig, dest)
             figures.append(dest)
-        write_section(name, section(name, module.DESCRIPTION, " ".join(command), seconds, figures, summary))
+        write_section(name, section(name, available[name].description, " ".join(command), seconds, figures, summary))
         print(f"{name}: {seconds:,.0f} s, {len(figures)} figure(s)", flush=True)
     print(f"wrote {GALLERY} (run directories in {scratch})")
     return 0

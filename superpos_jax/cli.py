@@ -1,59 +1,149 @@
 """The `superpos` command: list, run and resume experiments.
 
-    superpos list
-    superpos run NAME [--quick] [--out DIR] [--set key=value ...] [execution options]
-    superpos resume DIR [execution options]
+    superpos list [--check]
+    superpos run NAME|PATH.py [--quick] [--out DIR] [--config FILE.json] [--set KEY=VALUE ...]
+                 [--KEY=VALUE ...] [--tensorboard DIR] [execution options]
+    superpos run NAME --help          every config field: type, default, constraint; --quick
+    superpos resume DIR [--tensorboard DIR] [execution options]
     superpos steer RUN --feature N --value X [--values X ...] [--n-new K] "prompt"
+
+`list` reads the experiments' names without importing them and shows a module that cannot
+run as broken, with the reason; `list --check` imports every module to be sure (exit 1 when
+one is broken). `run` takes an experiment's NAME or the path of your own module (see
+`superpos_experiments` for the contract). Config keys are dotted for nested fields
+(`model.d_model`); later sources win: the defaults, `--quick`, `--config FILE.json` (a JSON
+object, nested or dotted), `--KEY=VALUE` (as sweep agents such as wandb's pass them), `--set`.
 
 Execution options (none changes results): --devices N, --max-instances-per-call N,
 --memory-fraction F, and for multi-process jobs --distributed [--coordinator HOST:PORT
 --num-processes N --process-id I] (or SUPERPOS_DISTRIBUTED=1).
 
-A run directory holds config.json, summary.json, figures/*.png and checkpoints/ (orbax).
-Configs are validated before anything is compiled; `run` never writes into a non-empty
-directory, so earlier results are never overwritten. SIGTERM stops a run after a final
-checkpoint with exit status 75 (EX_TEMPFAIL); `superpos resume DIR` continues it.
-In multi-process jobs every process runs the same command; only process 0 writes files.
+The run directory (`superpos_jax.rundir`) holds config.json, summary.json, metrics.jsonl,
+figures/*.png and checkpoints/ (orbax). Everything is validated before anything is compiled,
+and every expected error is one line `superpos: error: ...` with exit status 2 (a traceback
+means a bug); `run` never writes into a non-empty directory. SIGTERM stops a run after a
+final checkpoint with exit status 75 (EX_TEMPFAIL); `superpos resume DIR` continues it. In
+multi-process jobs every process runs the same command; only process 0 writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
-from superpos_jax.engine import checkpoint
-from superpos_jax.engine import distributed
-from superpos_jax.config import ConfigError, apply_overrides, from_dict, read_json, to_dict, write_json
-from superpos_jax.engine.execution import Execution
-from superpos_jax.engine.sweep import Preempted
+from superpos_jax import config, suite
+from superpos_jax.config import ConfigError
+from superpos_jax.rundir import RunDir, RunDirError
 
+EXIT_USAGE = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: interrupted, resumable
 
 
-def _experiments():
-    import superpos_experiments as experiments
-    return experiments
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the command's one format."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"superpos: error: {message}\n")
 
 
-def _prepare(name: str, quick: bool, overrides: list[str]) -> tuple[Any, Any]:
-    module = _experiments().load(name)
+# ---------------------------------------------------------------- config
+
+
+def _load(name: str) -> ModuleType:
+    return suite.resolve(name)
+
+
+def _config_file(path: str) -> dict[str, Any]:
+    try:
+        data = config.read_json(path)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: must hold a JSON object of config fields, not {type(data).__name__}")
+    return data
+
+
+def build_config(
+    module: ModuleType,
+    *,
+    quick: bool = False,
+    config_file: str | None = None,
+    flags: dict[str, str] | None = None,
+    overrides: list[str] | None = None,
+) -> Any:
+    """The validated config of `module`: its defaults, then `QUICK` (when `quick`), the JSON
+    file, the `--KEY=VALUE` flags and the `--set` overrides, later ones winning."""
     cfg = module.Config()
     if quick:
-        cfg = apply_overrides(cfg, [f"{k}={_fmt(v)}" for k, v in module.QUICK.items()])
-    cfg = apply_overrides(cfg, overrides)
-    cfg.validate()
-    return module, cfg
+        cfg = config.apply_overrides(cfg, getattr(module, "QUICK", {}))
+    if config_file is not None:
+        try:
+            cfg = config.apply_overrides(cfg, _config_file(config_file))
+        except ConfigError as e:
+            raise ConfigError(f"{e} (in --config {config_file})") from None
+    if flags:
+        cfg = config.apply_overrides(cfg, flags)
+    cfg = config.apply_overrides(cfg, config.parse_assignments(overrides or []))
+    config.validate(cfg)
+    return cfg
 
 
-def _fmt(v: Any) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+def _prepare(name: str, quick: bool, overrides: list[str], config_file: str | None = None,
+             flags: dict[str, str] | None = None) -> tuple[ModuleType, Any]:
+    module = _load(name)
+    return module, build_config(module, quick=quick, config_file=config_file, flags=flags, overrides=overrides)
+
+
+def _flag_overrides(extra: list[str]) -> dict[str, str]:
+    """`--key=value` arguments argparse did not know: config overrides (wandb's format)."""
+    out = {}
+    for arg in extra:
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not eq or not key:
+            raise ConfigError(
+                f"unrecognized argument {arg!r}; set config fields with --KEY=VALUE or --set KEY=VALUE "
+                f"(`superpos run NAME --help` lists them)"
+            )
+        out[key] = value
+    return out
+
+
+def config_help(module: ModuleType) -> str:
+    """The config fields of `module` (dotted name, type, default, constraint), the rules
+    between fields and the `--quick` overrides, as `superpos run NAME --help` prints them."""
+    cfg = module.Config()
+    rows = [(f.name, config.type_name(f.type), config.format_value(f.value), f.constraint) for f in config.fields_of(cfg)]
+    widths = [max(len(r[i]) for r in rows + [("field", "type", "default", "")]) for i in range(3)]
+    lines = [f"config fields of {module.NAME} (set with --set KEY=VALUE, --KEY=VALUE or --config FILE.json):",
+             "  " + "  ".join(h.ljust(w) for h, w in zip(("field", "type", "default"), widths)) + "  constraint"]
+    for r in rows:
+        lines.append(("  " + "  ".join(v.ljust(w) for v, w in zip(r[:3], widths)) + f"  {r[3]}").rstrip())
+    rules = []
+    for cls in type(cfg).__mro__:
+        check = cls.__dict__.get("check")
+        if check is not None and check.__doc__:
+            rules.append(f"  {cls.__name__}: " + " ".join(check.__doc__.split()))
+    if rules:
+        lines += ["rules between fields:", *rules]
+    quick = getattr(module, "QUICK", {})
+    if quick:
+        lines += ["--quick sets: " + ", ".join(f"{k}={config.format_value(v)}" for k, v in quick.items())]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- execution
 
 
 def _execution_options(args: argparse.Namespace) -> dict[str, Any]:
     """Validate the execution flags (before anything starts) and return them as a dict."""
+    from superpos_jax.engine import distributed
+
     for flag in ("devices", "max_instances_per_call", "num_processes"):
         v = getattr(args, flag)
         if v is not None and v <= 0:
@@ -71,85 +161,131 @@ def _execution_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"distributed": args.distributed or distributed.requested_by_environment() or parts[0] is not None}
 
 
-def _start(args: argparse.Namespace) -> Execution:
+def _start(args: argparse.Namespace) -> Any:
     """Join the multi-process job if asked, then describe where the sweep runs."""
+    from superpos_jax.engine import distributed
+    from superpos_jax.engine.execution import Execution
+
     if _execution_options(args)["distributed"]:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         mesh = distributed.sweep_mesh(args.devices)
     except ValueError as e:
         raise ConfigError(f"--devices = {args.devices} is invalid: {e}") from e
-    return Execution(mesh, args.max_instances_per_call, args.memory_fraction)
+    try:
+        return Execution(mesh, args.max_instances_per_call, args.memory_fraction)
+    except ValueError as e:
+        raise ConfigError(f"execution options are invalid: {e}") from e
 
 
-def _execute(module: Any, cfg: Any, out: Path, quick: bool, execution: Execution) -> dict[str, Any]:
+def _run_dir(root: Path, tensorboard: str | None) -> RunDir:
+    """The run directory, its metrics log checked now (TensorBoard needs its extra)."""
+    run_dir = RunDir(root, tensorboard=None if tensorboard is None else Path(tensorboard))
+    if tensorboard is not None:
+        try:
+            run_dir.metrics_log()
+        except ImportError as e:
+            raise ConfigError(f"--tensorboard {tensorboard}: {e}") from None
+    return run_dir
+
+
+def _execute(module: ModuleType, cfg: Any, run_dir: RunDir, quick: bool, execution: Any) -> dict[str, Any]:
+    import matplotlib
+
+    from superpos_jax.engine import distributed
+    from superpos_jax.engine.sweep import Preempted
+
+    matplotlib.use("Agg")  # the command writes files, never windows; the library itself sets no backend
     t0 = time.perf_counter()
-    summary = module.run(cfg, out, progress=distributed.is_primary(), execution=execution)
-    summary = {"experiment": module.NAME, "quick": quick, "config": to_dict(cfg),
+    try:
+        summary = module.run(cfg, run_dir, progress=distributed.is_primary(), execution=execution)
+    except Preempted as e:
+        raise _Interrupted(f"{e}; continue with `superpos resume {run_dir.root}`") from e
+    summary = {"experiment": module.NAME, "quick": quick, "config": config.to_dict(cfg),
                "wall_seconds": time.perf_counter() - t0, **summary}
+    run_dir.write_summary(summary)
     if distributed.is_primary():
-        write_json(out / "summary.json", summary)
-        figures = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
-        print(f"wrote {out / 'summary.json'}")
-        for f in figures:
+        print(f"wrote {run_dir.summary_path}")
+        for f in run_dir.figures_written():
             print(f"wrote {f}")
     return summary
 
 
+class _Interrupted(Exception):
+    """The run stopped after a checkpoint (SIGTERM); it can be resumed."""
+
+
+# ---------------------------------------------------------------- commands
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    exps = _experiments()
-    for name in sorted(exps.REGISTRY):
-        print(f"{name:20s} {exps.load(name).DESCRIPTION}")
-    return 0
+    experiments = suite.discover()
+    if args.check:
+        experiments = [suite.check(e) for e in experiments]
+    width = max([20, *(len(e.name) + 1 for e in experiments)])
+    for e in experiments:
+        print(f"{e.name:{width}s} {e.description}" if e.broken is None else f"{e.name:{width}s} BROKEN ({e.path.name}): {e.broken}")
+    return 1 if args.check and any(e.broken is not None for e in experiments) else 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    module, cfg = _prepare(args.name, args.quick, args.set or [])
-    _execution_options(args)
-    if args.out is None and (args.distributed or args.coordinator or distributed.requested_by_environment()):
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.help:
+        args.parser.print_help()
+        if args.name is not None:
+            print()
+            print(config_help(_load(args.name)))
+        else:
+            print("\nexperiments: " + ", ".join(e.name for e in suite.discover() if e.broken is None))
+        return 0
+    if args.name is None:
+        raise ConfigError("give an experiment: `superpos run NAME` (`superpos list` shows them) or a module's path")
+    module, cfg = _prepare(args.name, args.quick, args.set or [], args.config, _flag_overrides(extra))
+    options = _execution_options(args)
+    if args.out is None and options["distributed"]:
         raise ConfigError("multi-process runs need an explicit --out shared by every process")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("runs") / f"{args.name}{'-quick' if args.quick else ''}-{stamp}"
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(
-            f"output directory {out} is not empty; choose another --out, or continue it with "
-            f"`superpos resume {out}`"
-        )
+    root = Path(args.out) if args.out else Path("runs") / f"{module.NAME}{'-quick' if args.quick else ''}-{stamp}"
+    run_dir = _run_dir(root, args.tensorboard)
+    run_dir.ensure_empty()
     execution = _start(args)
-    distributed.barrier("superpos-run-checked")  # every process has seen the directory empty
+    meta = {"experiment": module.NAME, "quick": args.quick, "config": config.to_dict(cfg), **suite.source_of(module)}
+    if args.tensorboard is not None:
+        meta["tensorboard"] = str(Path(args.tensorboard).resolve())
+    run_dir.create(meta)
+    from superpos_jax.engine import distributed
+
     if distributed.is_primary():
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"experiment": module.NAME, "quick": args.quick, "config": to_dict(cfg)})
-        print(f"run directory: {out}")
-    distributed.barrier("superpos-run-created")
-    _execute(module, cfg, out, args.quick, execution)
+        print(f"run directory: {root}")
+    _execute(module, cfg, run_dir, args.quick, execution)
     return 0
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    out = Path(args.dir)
-    path = out / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"cannot resume {out}: it has no config.json (not a run directory)")
-    meta = read_json(path)
-    if not isinstance(meta, dict) or "experiment" not in meta or "config" not in meta:
-        raise ConfigError(f"cannot resume {out}: {path} lacks 'experiment' or 'config'")
-    module = _experiments().load(meta["experiment"])
-    cfg = from_dict(module.Config, meta["config"])
-    cfg.validate()
-    ckpt = out / "checkpoints"
-    sweeps = [ckpt, *sorted(ckpt.iterdir())] if ckpt.is_dir() else []
-    if all(checkpoint.latest_step(d) is None for d in sweeps):
-        raise ConfigError(f"cannot resume {out}: no checkpoint in {ckpt}")
-    _execution_options(args)
+def cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
+    _no_extra(extra)
+    meta = RunDir(Path(args.dir)).read_config()
+    module = suite.load_file(meta["path"]) if meta.get("path") else _load(str(meta["experiment"]))
+    if module.NAME != meta["experiment"]:
+        raise ConfigError(f"cannot resume {args.dir}: its module now has NAME {module.NAME!r}, not {meta['experiment']!r}")
+    try:
+        cfg = config.from_dict(module.Config, meta["config"])
+        config.validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"cannot resume {args.dir}: {e}") from None
+    tensorboard = args.tensorboard if args.tensorboard is not None else meta.get("tensorboard")
+    run_dir = _run_dir(Path(args.dir), tensorboard)
+    if not run_dir.has_checkpoint():
+        raise ConfigError(f"cannot resume {args.dir}: no checkpoint in {run_dir.checkpoint_dir()}")
     execution = _start(args)
+    from superpos_jax.engine import distributed
+
     if distributed.is_primary():
-        print(f"resuming {meta['experiment']} in {out}")
-    _execute(module, cfg, out, bool(meta.get("quick", False)), execution)
+        print(f"resuming {meta['experiment']} in {args.dir}")
+    _execute(module, cfg, run_dir, bool(meta.get("quick", False)), execution)
     return 0
 
 
-def cmd_steer(args: argparse.Namespace) -> int:
+def cmd_steer(args: argparse.Namespace, extra: list[str]) -> int:
+    _no_extra(extra)
     from superpos_jax.lm import steering
     from superpos_jax.lm.tokenizers import ByteTokenizer
 
@@ -175,6 +311,16 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def _list_command(args: argparse.Namespace, extra: list[str]) -> int:
+    _no_extra(extra)
+    return cmd_list(args)
+
+
 def _add_execution_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution (does not change results)")
     g.add_argument("--devices", type=int, help="use the first N devices (default: all)")
@@ -187,21 +333,28 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="superpos", description="Superposition experiments in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list experiments").set_defaults(func=cmd_list)
-    run = sub.add_parser("run", help="run an experiment")
-    run.add_argument("name")
+    parser = _Parser(prog="superpos", description="Superposition experiments in JAX.", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ls = sub.add_parser("list", help="list experiments (read without importing them)", allow_abbrev=False)
+    ls.add_argument("--check", action="store_true", help="import every experiment to be sure it runs (exit 1 if one cannot)")
+    ls.set_defaults(func=_list_command)
+    run = sub.add_parser("run", help="run an experiment", add_help=False, allow_abbrev=False,
+                         usage="superpos run NAME|PATH.py [options] [--set KEY=VALUE ...] [--KEY=VALUE ...]")
+    run.add_argument("name", nargs="?", help="an experiment's NAME (`superpos list`) or the path of your own module")
+    run.add_argument("-h", "--help", action="store_true", help="show this help and, with NAME, its config fields")
     run.add_argument("--quick", action="store_true", help="reduced config, < 1 min on 2 CPU cores")
     run.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
-    run.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields")
+    run.add_argument("--config", metavar="FILE.json", help="config fields from a JSON object (nested or dotted keys)")
+    run.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields (wins over all)")
+    run.add_argument("--tensorboard", metavar="DIR", help="also log the metrics as TensorBoard events in DIR")
     _add_execution_options(run)
-    run.set_defaults(func=cmd_run)
-    resume = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    run.set_defaults(func=cmd_run, parser=run)
+    resume = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint", allow_abbrev=False)
     resume.add_argument("dir")
+    resume.add_argument("--tensorboard", metavar="DIR", help="TensorBoard events in DIR (default: the run's own choice)")
     _add_execution_options(resume)
     resume.set_defaults(func=cmd_resume)
-    steer = sub.add_parser("steer", help="generate with one SAE feature of a run clamped")
+    steer = sub.add_parser("steer", help="generate with one SAE feature of a run clamped", allow_abbrev=False)
     steer.add_argument("run", help="a run directory with model/ and sae/ (e.g. from `run monosemanticity`)")
     steer.add_argument("prompt")
     steer.add_argument("--feature", type=int, required=True, help="SAE feature index")
@@ -212,17 +365,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected(e: BaseException) -> bool:
+    """Whether `e` is an error of the user's input or environment (not a bug)."""
+    kinds: list[type[BaseException]] = [ConfigError, RunDirError, suite.ExperimentError, OSError,
+                                        json.JSONDecodeError, MemoryError, KeyError]
+    checkpoint = sys.modules.get("superpos_jax.engine.checkpoint")
+    if checkpoint is not None:
+        kinds += [checkpoint.CheckpointMismatch, checkpoint.CheckpointError]
+    return isinstance(e, tuple(kinds))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command in `argv` (default: sys.argv[1:]); return its exit status."""
+    args, extra = build_parser().parse_known_args(argv)
     try:
-        return args.func(args)
-    except Preempted as e:
-        print(f"superpos: {e}; continue with `superpos resume {e.checkpoint_dir.parent}`", file=sys.stderr)
+        return args.func(args, extra)
+    except _Interrupted as e:
+        print(f"superpos: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except (ConfigError, KeyError, FileNotFoundError, checkpoint.CheckpointMismatch, MemoryError) as e:
+    except Exception as e:
+        if not _expected(e):
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and not isinstance(e, ConfigError) and e.filename is not None and str(e.filename) not in msg:
+            msg = f"{msg} ({e.filename})"
         print(f"superpos: error: {msg}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,19 +1,38 @@
-"""Experiment configs: frozen dataclasses, `--set key=value` overrides, JSON, validation.
+"""Declarative configs: constraints in field annotations, dotted overrides, JSON, validation.
 
-Every error names the field, the value and what is allowed, and is raised on the host
-before anything is compiled.
+A config is a frozen dataclass whose fields declare their constraints once, in the annotation:
+
+    @dataclass(frozen=True)
+    class Config:
+        n_features: PositiveInt = 20
+        feature_probabilities: Probabilities = (1.0, 0.1)
+        model: TransformerConfig = field(default_factory=TransformerConfig)
+
+        def check(self) -> None:               # constraints between fields, optional
+            if self.n_features < self.model.d_model:
+                fail("n_features", self.n_features, f">= model.d_model={self.model.d_model}")
+
+`validate(cfg)` checks types (floats finite, bools are not ints), then the `Rule`s of every
+field, nested dataclasses included (named by their dotted path, `model.d_model`), then
+`check()`. Overrides address fields by dotted keys (`apply_overrides(cfg, ["model.d_model=64"])`
+or a mapping, nested or dotted, e.g. from a JSON file); `fields_of(cfg)` lists every field with
+its type, value and constraint (for `superpos run NAME --help`). Every error is a
+`ConfigError` naming the field, the value and what is allowed, raised on the host before
+anything is compiled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import types
 import math
+import numbers
+import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 C = TypeVar("C")
 
@@ -23,6 +42,7 @@ class ConfigError(ValueError):
 
 
 def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
+    """Raise the `ConfigError` of field `field` holding `value`, which must be `allowed`."""
     raise ConfigError(f"config field {field!r} = {value!r} is invalid: must be {allowed}")
 
 
@@ -42,6 +62,7 @@ non_negative = Rule(">= 0", lambda v: v >= 0)
 probability = Rule("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 unit_open = Rule("in (0, 1)", lambda v: 0.0 < v < 1.0)
 non_empty = Rule("non-empty", lambda v: len(v) > 0)
+distinct = Rule("a list without repeats", lambda v: len(set(v)) == len(v))
 
 
 def at_least(lo: float) -> Rule:
@@ -62,6 +83,16 @@ def one_of(*choices: Any) -> Rule:
 def each(rule: Rule) -> Rule:
     """Every element of a tuple field satisfies `rule`."""
     return Rule(f"a list of values {rule.allowed}", lambda v: all(rule.test(x) for x in v))
+
+
+# Field types that carry their constraint, so that a subclass overriding a default keeps it.
+PositiveInt = Annotated[int, Rule("a positive integer", lambda v: v > 0)]
+NonNegativeInt = Annotated[int, Rule("a non-negative integer", lambda v: v >= 0)]
+PositiveFloat = Annotated[float, positive]
+NonNegativeFloat = Annotated[float, non_negative]
+Probability = Annotated[float, probability]
+Probabilities = Annotated[tuple[float, ...], non_empty, each(probability)]
+"""A non-empty list of feature probabilities 1 − S, each in [0, 1]."""
 
 
 def _type_error(tp: Any, value: Any) -> str | None:
@@ -89,14 +120,14 @@ def _type_error(tp: Any, value: Any) -> str | None:
     if tp is bool:
         return None if isinstance(value, bool) else "true or false"
     if tp is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "an integer"
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return "a number"
         return None if math.isfinite(value) else "a finite number"
     if tp is str:
         return None if isinstance(value, str) else "a string"
-    if dataclasses.is_dataclass(tp):
+    if _is_dataclass_type(tp):
         return None if isinstance(value, tp) else f"a {tp.__name__}"
     return None
 
@@ -106,6 +137,14 @@ def rules_of(annotation: Any) -> tuple[Rule, ...]:
     if typing.get_origin(annotation) is typing.Annotated:
         return tuple(m for m in typing.get_args(annotation)[1:] if isinstance(m, Rule))
     return ()
+
+
+def _prefixed(error: ConfigError, prefix: str) -> ConfigError:
+    """`error` with its field names under `prefix` ('k' -> 'sae.k')."""
+    text = str(error)
+    for lead in ("config field '", "unknown config key '"):
+        text = text.replace(lead, lead + prefix)
+    return ConfigError(text)
 
 
 def validate(obj: Any, prefix: str = "") -> None:
@@ -130,94 +169,271 @@ def validate(obj: Any, prefix: str = "") -> None:
         try:
             check()
         except ConfigError as e:
-            if prefix and "config field '" in str(e):
-                raise ConfigError(str(e).replace("config field '", f"config field '{prefix}", 1)) from None
+            if prefix:
+                raise _prefixed(e, prefix) from None
             raise
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+@contextlib.contextmanager
+def library_errors(field: str) -> Iterator[None]:
+    """Turn a library's `ValueError` raised inside the block into a `ConfigError` naming `field`
+    (for `check()` methods that build a library object to let it validate itself)."""
+    try:
+        yield
+    except ConfigError as e:
+        raise _prefixed(e, f"{field}.") from None
+    except ValueError as e:
+        raise ConfigError(f"config field {field!r} is invalid: {e}") from None
+
+
+# ---------------------------------------------------------------- fields, types, help text
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """One (leaf) field of a config: dotted `name`, annotation `type`, current `value`, `rules`."""
+
+    name: str
+    type: Any
+    value: Any
+    rules: tuple[Rule, ...]
+
+    @property
+    def constraint(self) -> str:
+        """The declared constraints in words ("" when none)."""
+        return "; ".join(r.allowed for r in self.rules)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _strip(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def fields_of(cfg: Any, prefix: str = "") -> list[FieldInfo]:
+    """Every leaf field of config instance `cfg`, nested dataclasses flattened to dotted names,
+    in declaration order."""
+    out = []
+    for name, tp in _hints(type(cfg)).items():
+        value = getattr(cfg, name)
+        if _is_dataclass_type(_strip(tp)) and dataclasses.is_dataclass(value):
+            out.extend(fields_of(value, prefix=f"{prefix}{name}."))
+        else:
+            out.append(FieldInfo(prefix + name, tp, value, rules_of(tp)))
+    return out
+
+
+def type_name(tp: Any) -> str:
+    """`tp` in the words of `--help`: "int", "list of float", "str or None", "'a' | 'b'"."""
+    tp = _strip(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if tp is type(None):
+        return "None"
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"list of {type_name(args[0]) if args else 'values'}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def format_value(value: Any) -> str:
+    """A value as `--set` would take it: lists comma-separated, None as "none"."""
+    if isinstance(value, tuple | list):
+        return ",".join(format_value(v) for v in value)
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# ---------------------------------------------------------------- overrides
+
+
 def _parse(field: str, text: str, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    """The value of `--set field=text` for a field of type `tp`."""
+    tp = _strip(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null") and type(None) in args:
             return None
-        tp = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-    try:
-        if origin is tuple:
-            item = args[0]
-            parts = [p for p in text.replace("[", "").replace("]", "").split(",") if p.strip()]
-            return tuple(_parse(field, p.strip(), item) for p in parts)
-        if origin is typing.Literal:
-            if text not in args:
-                fail(field, text, f"one of {args}")
-            return text
-        if tp is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if tp is int:
+        candidates = [a for a in args if a is not type(None)]
+        for a in candidates[:-1]:
+            with contextlib.suppress(ConfigError):
+                return _parse(field, text, a)
+        return _parse(field, text, candidates[-1])
+    if origin is tuple:
+        item = args[0] if args else str
+        parts = [p.strip() for p in text.strip().strip("[]()").split(",")]
+        return tuple(_parse(field, p, item) for p in parts if p)
+    if origin is typing.Literal:
+        for a in args:
+            if str(a) == text:
+                return a
+        fail(field, text, f"one of {args}")
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        fail(field, text, "true or false")
+    if tp is int:
+        try:
             return int(text)
-        if tp is float:
+        except ValueError:
+            fail(field, text, "an integer")
+    if tp is float:
+        try:
             return float(text)
-        if tp is str:
-            return text
-    except ConfigError:
-        raise
-    except ValueError:
-        fail(field, text, f"of type {getattr(tp, '__name__', tp)}")
+        except ValueError:
+            fail(field, text, "a number")
+    if tp is str:
+        return text
     raise ConfigError(f"config field {field!r} has a type ({tp}) that --set cannot parse")
 
 
-def apply_overrides(cfg: C, overrides: Iterable[str]) -> C:
-    """Return `cfg` with `key=value` overrides applied (types follow the field annotations).
+def _coerce(field: str, value: Any, tp: Any) -> Any:
+    """A JSON/Python value for a field of type `tp`: text is parsed as by `--set`, lists become
+    tuples and integers become floats where a float is declared; the rest is left to `validate`."""
+    if isinstance(value, str):
+        return value if _accepts_str(tp) else _parse(field, value, tp)
+    tp = _strip(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        tp = next((a for a in args if a is not type(None)), tp)
+        origin, args = typing.get_origin(_strip(tp)), typing.get_args(_strip(tp))
+        tp = _strip(tp)
+    if origin is tuple and isinstance(value, list | tuple):
+        item = args[0] if args else Any
+        return tuple(_coerce(field, v, item) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
-    Lists are comma-separated: `feature_probabilities=1,0.1,0.01`.
+
+def _accepts_str(tp: Any) -> bool:
+    tp = _strip(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_str(a) for a in args)
+    if origin is typing.Literal:
+        return any(isinstance(a, str) for a in args)
+    return tp is str
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"d_model": 64}} -> {"model.d_model": 64} (dotted keys kept as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys are strings, got {key!r}")
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix=f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def parse_assignments(items: Iterable[str], *, flag: str = "--set") -> dict[str, str]:
+    """`["a.b=1", "c=x,y"]` -> {"a.b": "1", "c": "x,y"} (later assignments win)."""
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{flag} expects key=value, got {item!r}")
+        out[key.strip()] = text.strip()
+    return out
+
+
+def apply_overrides(cfg: C, overrides: Mapping[str, Any] | Iterable[str]) -> C:
+    """`cfg` with overrides applied: `key=value` strings (types follow the annotations; lists
+    are comma-separated: `feature_probabilities=1,0.1,0.01`) or a mapping of values, nested
+    or with dotted keys (`{"model": {"d_model": 64}}` or `{"model.d_model": 64}`).
+
+    Unknown keys raise a `ConfigError` listing the valid ones; a nested library dataclass
+    that rejects its new values in `__post_init__` raises a `ConfigError` naming the dotted
+    field. The result is not yet validated: call `validate`.
     """
-    types_ = _field_types(type(cfg))
-    changes: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if key not in types_:
-            raise ConfigError(
-                f"unknown config key {key!r} for {type(cfg).__name__}; valid keys: {', '.join(types_)}"
-            )
-        changes[key] = _parse(key, text.strip(), types_[key])
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+    if isinstance(overrides, Mapping):
+        changes = _flatten(overrides)
+    else:
+        changes = parse_assignments(overrides)
+    return _replace(cfg, changes, prefix="", root=cfg)
+
+
+def _replace(cfg: Any, changes: Mapping[str, Any], *, prefix: str, root: Any) -> Any:
+    hints = _hints(type(cfg))
+    own: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        head, dot, rest = key.partition(".")
+        if head not in hints:
+            _unknown(prefix + key, root)
+        is_group = _is_dataclass_type(_strip(hints[head]))
+        if dot and not is_group:
+            _unknown(prefix + key, root)
+        if is_group and not dot:
+            if dataclasses.is_dataclass(value) and isinstance(value, _strip(hints[head])):
+                own[head] = value
+                continue
+            inner = ", ".join(f.name for f in fields_of(getattr(cfg, head), prefix=f"{prefix}{head}."))
+            raise ConfigError(f"config key {prefix + head!r} is a group of fields; set them one by one: {inner}")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            own[head] = _coerce(prefix + head, value, hints[head])
+    for head, sub in nested.items():
+        own[head] = _replace(getattr(cfg, head), sub, prefix=f"{prefix}{head}.", root=root)
+    if not own:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, **own)
+    except ConfigError as e:
+        raise _prefixed(e, prefix) if prefix else e from None
+    except (ValueError, TypeError) as e:
+        where = prefix.rstrip(".") or type(cfg).__name__
+        raise ConfigError(f"config field {where!r} is invalid: {e}") from None
+
+
+def _unknown(key: str, root: Any) -> typing.NoReturn:
+    valid = ", ".join(f.name for f in fields_of(root))
+    raise ConfigError(f"unknown config key {key!r} for {type(root).__name__}; valid keys: {valid}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    """The config as JSON-able nested dicts (lists for tuples)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
 
 
-def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Rebuild a config from `to_dict` output; unknown or mistyped fields raise ConfigError."""
-    types_ = _field_types(cls)
-    unknown = set(data) - set(types_)
-    if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)} for {cls.__name__}")
-    values = {}
-    for key, value in data.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        values[key] = value
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ConfigError(f"corrupt config for {cls.__name__}: {e}") from e
+def from_dict(cls: type[C], data: Any) -> C:
+    """Rebuild a config from `to_dict` output (or any nested/dotted mapping of its fields) on
+    top of the defaults of `cls`; unknown keys raise a `ConfigError`. Not yet validated."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a JSON object of fields, got {type(data).__name__}")
+    return apply_overrides(cls(), data)
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as JSON atomically (a temporary file renamed over `path`)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
@@ -225,10 +441,9 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON in `path`; invalid JSON raises a `ConfigError` naming the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON: {e}") from e

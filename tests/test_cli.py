@@ -6,6 +6,7 @@ import pytest
 
 from superpos_experiments import sparsity
 from superpos_jax import cli
+from superpos_jax.config import validate
 
 TINY = ["--set", "n_steps=200", "chunk_steps=100", "log_every=10", "n_seeds=1", "feature_probabilities=1,0.05", "batch_size=256"]
 
@@ -95,4 +96,101 @@ def test_resume_errors(tmp_path, capsys, no_training):
 def test_quick_config_is_valid_and_smaller():
     module, cfg = cli._prepare("sparsity", True, [])
     assert cfg.n_steps < sparsity.Config().n_steps
-    cfg.validate()
+    validate(cfg)
+
+
+def test_run_logs_metrics_and_tensorboard(tmp_path):
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    assert cli.main(["run", "sparsity", "--out", str(out), "--tensorboard", str(tb), *TINY]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [100, 200]  # one line per chunk
+    assert len(lines[-1]["instances"]) == 4 and set(lines[-1]["instances"][0]["coords"]) == {"model", "feature_probability", "seed"}
+    assert any(tb.rglob("events.out.tfevents.*"))
+    assert json.loads((out / "config.json").read_text())["tensorboard"] == str(tb.resolve())
+
+
+def test_config_sources_and_their_precedence(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"n_seeds": 3, "n_steps": 500, "d_hidden": 4}))
+    flags = cli._flag_overrides(["--n_steps=700", "--d_hidden=3"])
+    _, cfg = cli._prepare("sparsity", True, ["d_hidden=2"], str(path), flags)
+    assert cfg.n_seeds == 3  # the file wins over --quick (2)
+    assert cfg.n_steps == 700  # --KEY=VALUE wins over the file
+    assert cfg.d_hidden == 2  # --set wins over everything
+    assert cfg.chunk_steps == 1_000  # --quick still applies where nothing else says
+    _, cfg = cli._prepare("induction-heads", False, [], None, cli._flag_overrides(["--model.d_model=32"]))
+    assert cfg.model.d_model == 32
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n_steps=1005"], "multiple of log_every"),
+        (["--no_such_key=1"], "unknown config key 'no_such_key'"),
+        (["--n_steps"], "unrecognized argument '--n_steps'"),
+        (["stray"], "unrecognized argument 'stray'"),
+        (["--config", "/no/such/file.json"], "--config /no/such/file.json: no such file"),
+    ],
+)
+def test_flag_errors_before_compile(no_training, capsys, tmp_path, args, message):
+    assert cli.main(["run", "sparsity", *args, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_file_errors_name_the_file(no_training, capsys, tmp_path):
+    path = tmp_path / "cfg.json"
+    for text, message in (("[1, 2]", "must hold a JSON object"), ("{oops", "is not valid JSON"),
+                          ('{"n_seeds": 0}', "'n_seeds' = 0"), ('{"bogus": 1}', "unknown config key 'bogus'")):
+        path.write_text(text)
+        assert cli.main(["run", "sparsity", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("superpos: error:") and message in err, err
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("model.d_model=0", "config field 'model.d_model' = 0 is invalid: must be a positive integer"),
+        ("model.act=tanh", "config field 'model.act' = 'tanh' is invalid: must be one of ('relu', 'gelu')"),
+        ("model.n_layers=1", "config field 'model.n_layers' = 1 is invalid: must be >= 2"),
+        ("model.n_ctx=32", "'model.n_ctx' = 32 is invalid: must be odd"),
+        ("model.nope=1", "unknown config key 'model.nope'"),
+        ("model=3", "is a group of fields"),
+    ],
+)
+def test_nested_library_config_errors_are_dotted_and_once(capsys, tmp_path, monkeypatch, setting, message):
+    from superpos_experiments import induction_heads
+
+    monkeypatch.setattr(induction_heads, "run", lambda *a, **k: pytest.fail("reached training"))
+    assert cli.main(["run", "induction-heads", "--set", setting, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("superpos: error: ") and message in err, err
+    assert err.count("config field") + err.count("config key") == 1, err
+
+
+def test_preemption_exits_75_naming_the_run_directory(monkeypatch, capsys, tmp_path):
+    from superpos_jax.engine.sweep import Preempted
+
+    def preempted(cfg, out_dir, **kwargs):
+        raise Preempted(100, out_dir.checkpoint_dir("some-tag"))
+
+    monkeypatch.setattr(sparsity, "run", preempted)
+    out = tmp_path / "run"
+    assert cli.main(["run", "sparsity", "--out", str(out), *TINY]) == cli.EXIT_PREEMPTED
+    assert f"continue with `superpos resume {out}`" in capsys.readouterr().err
+
+
+def test_a_bug_is_a_traceback_not_an_error_line(monkeypatch, tmp_path):
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(sparsity, "run", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["run", "sparsity", "--out", str(tmp_path / "run"), *TINY])
+
+
+def test_run_help_without_a_name_lists_experiments(capsys):
+    assert cli.main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "experiments:" in out and "sparsity" in out
