@@ -25,7 +25,7 @@ copied into torch) and take 3 steps on the same batches; the losses, the first s
 gradients and the final parameters must agree to ~1e-4 ("faithful: yes/no"). For topk half of
 the latents start dead, so AuxK is exercised.
 
-Utilisation: FLOPs per step = `scaling_law.sae_training_flops(d_in, d_sae, batch)` =
+Utilisation: FLOPs per step = `sae.scaling.sae_training_flops(d_in, d_sae, batch)` =
 12·batch·d_in·d_sae (6 matmuls of batch × d_in × d_sae); achieved FLOP/s divided by the
 measured rate of one dense jitted `jnp.dot` of (batch, d_in) @ (d_in, d_sae) on the same device
 (median of repeats). Torch's own matmul rate is printed for reference.
@@ -70,7 +70,7 @@ try:
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
     from toy_sweep import cpu_name, timed_runs, usable_cores, write_section  # type: ignore[no-redef]
     from toy_sweep import import_torch as _import_torch  # type: ignore[no-redef]
-from superpos_jax.sae import architectures as sae
+from superpos_jax.sae.architectures import get as get_architecture
 from superpos_jax.sae.training import SAETraining, recipe_optim, sae_hparams, sae_task
 from superpos_jax.sae.scaling import sae_training_flops
 from superpos_jax.engine.trainer import instance_keys, make_trainer
@@ -234,14 +234,14 @@ def faithfulness_check(torch, kind: str, n_steps: int = 3) -> dict[str, Any]:
         model.since_fired.copy_(torch.from_numpy(np.array(state.extra["since_fired"])).long())
 
     step_one = jax.jit(trainer.step_one)
-    grad_fn = jax.jit(jax.grad(lambda p, xb, h: sae.loss(kind, p, xb, h)[0]))
+    grad_fn = jax.jit(jax.grad(lambda p, xb, h: training.arch.loss(p, xb, h)[0]))
 
     def rel(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12))
 
     loss_err, grad_err = 0.0, 0.0
     for i in range(n_steps):
-        hp_prepared = task.prepare(hp, state)
+        hp_prepared = task.prepare(hp, state, shared=trainer.shared)
         xb = np.array(trainer.batch(state, hp_prepared))
         if i == 0:
             ours_grad = grad_fn(state.params, jnp.asarray(xb), hp_prepared)
@@ -331,10 +331,12 @@ def breakdown_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, repeats: in
     training = our_training(kind, x.shape[1], d_sae, batch)
     trainer, hp_b, state_b = make_ours(kind, x, d_sae, batch, 1)
     params = jax.tree.map(lambda a: a[0], state_b.params)
-    hp = trainer.task.prepare({k: v[0] for k, v in hp_b.items()}, jax.tree.map(lambda a: a[0], state_b))
+    hp = trainer.task.prepare({k: v[0] for k, v in hp_b.items()}, jax.tree.map(lambda a: a[0], state_b),
+                              shared=trainer.shared)
     xb = jnp.asarray(x[:batch])
-    fwd = jax.jit(lambda p, xb, h: sae.loss(training.kind, p, xb, h)[0])
-    grad = jax.jit(jax.value_and_grad(lambda p, xb, h: sae.loss(training.kind, p, xb, h)[0]))
+    arch = get_architecture(training.architecture)
+    fwd = jax.jit(lambda p, xb, h: arch.loss(p, xb, h)[0])
+    grad = jax.jit(jax.value_and_grad(lambda p, xb, h: arch.loss(p, xb, h)[0]))
     out = {
         "forward_s": median_time(lambda: fwd(params, xb, hp).block_until_ready(), repeats),
         "forward_backward_s": median_time(lambda: jax.block_until_ready(grad(params, xb, hp)), repeats),

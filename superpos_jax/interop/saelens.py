@@ -20,8 +20,10 @@ transposed:
     b_mag       (d_sae,)         (d_sae,)         gated
 
 The weights interface here is a plain `dict[str, np.ndarray]` with the names above in OUR
-convention, so it does not depend on the model classes; a model module converts its params to and
-from such a dict.
+convention, so it does not depend on the model classes: each SAE architecture converts its own
+params to and from such a dict (`superpos_jax.sae.architectures`, `Architecture.to_saelens` /
+`from_saelens`; `superpos_jax.sae.io.save_sae` / `load_sae` for a whole `SAE`). The branches below
+are on SAELens's architecture names (its file format), not on ours.
 
 cfg.json fields written (`saelens_cfg`), following SAELens's flat (v5) layout, which its loaders
 still read, plus the v6 top-level `k` for TopK:

@@ -1,17 +1,19 @@
 """Language models with hooks: the transformer, its Task, corpus and tokenizers, interventions,
-steering, induction heads, concept erasure and the feature browser."""
+steering, activations (harvest, loss under hooks, CE loss recovered), induction heads, concept
+erasure and the feature browser."""
 
 from superpos_jax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
     "transformer": ["TransformerConfig", "TransformerParams", "forward", "init_transformer"],
     "task": ["CorpusWindows", "RepeatedTokens", "lm_task"],
+    "activations": ["ce_loss_recovered", "harvest", "loss_under_hooks"],
+    "interventions": ["AddDirection", "ClampFeature", "Compose", "MeanAblate", "Replace", "SpliceSAE", "ZeroAblate"],
     "erasure": ["LeaceEraser", "fit_leace"],
-    "corpus": [],
-    "tokenizers": [],
-    "interventions": [],
+    "corpus": ["Corpus", "load_corpus"],
+    "tokenizers": ["BPETokenizer", "ByteTokenizer"],
     "steering": [],
     "induction": [],
     "browser": [],
-    "io": [],
+    "io": ["load_transformer", "save_transformer"],
 })

@@ -19,14 +19,13 @@ Replace(value)                 value (e.g. the clean run's cached activation)
 ZeroAblate()                   0
 MeanAblate(mean)               mean (e.g. the activation averaged over a dataset)
 AddDirection(direction, s)     x + s · direction
-ClampFeature(sae, ..., i, c)   x − x̂ + x̂′ = x + (c − f_i(x)) W_dec[:, i]   (SAE error term kept)
-SpliceSAE(sae, ...)            x̂ = decode(encode(x))
+ClampFeature(sae, i, c)        x − x̂ + x̂′ = x + (c − f_i(x)) d_i   (SAE error term kept)
+SpliceSAE(sae)                 x̂ = sae.decode(sae.encode(x))
 Compose(h₁, h₂, ...)           h_n(… h₂(h₁(x)))
 =============================  ========================================================
 
-`ClampFeature` and `SpliceSAE` read the activation's last axis as the SAE's d_in and every other
-axis as the SAE batch ((batch, pos, d) -> (batch·pos, d) rows); `kind` is an SAE kind of
-`superpos_jax.sae.architectures` and `hp` its hyperparameters (e.g. {"k": 32} for topk).
+`ClampFeature` and `SpliceSAE` take one trained `superpos_jax.sae.SAE` and read the activation's
+last axis as its d_in and every other axis as rows ((batch, pos, d) -> batch·pos rows).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from superpos_jax.sae import architectures as sae_lib
+from superpos_jax.sae.model import SAE
 
 
 def _apply(mask: Array | None, new: Array, x: Array) -> Array:
@@ -119,76 +118,57 @@ class AddDirection(Intervention):
         return _apply(self.mask, x + jnp.broadcast_to(shift, x.shape), x)
 
 
-def _rows(x: Array) -> Array:
-    return x.reshape(-1, x.shape[-1])
-
-
 class ClampFeature(Intervention):
     """Clamp SAE latent `feature` to `value`, keeping the SAE's error term, where `mask`.
 
-    With f = encode(x) and x̂ = decode(f), x̂′ the decode of f with f_i := value, the result is
-    x − x̂ + x̂′ = x + (value − f_i) W_dec[:, i], computed in the second form (exact identity
-    when value = f_i). `feature` (int scalar) and `value` (float, a scalar or an array
-    broadcastable to the activation's shape without its last axis, e.g. (batch, pos)) may be
-    traced, e.g. vmapped over a sweep of clamp values.
+    With f = sae.encode(x) and x̂ = sae.decode(f), x̂′ the decode of f with f_i := value, the
+    result is x − x̂ + x̂′ = x + (value − f_i) d_i (d_i the SAE's raw-unit decoder column),
+    computed in the second form (exact identity when value = f_i). `feature` (int scalar) and
+    `value` (float, a scalar or an array broadcastable to the activation's shape without its
+    last axis, e.g. (batch, pos)) may be traced, e.g. vmapped over a sweep of clamp values.
     """
 
-    sae: sae_lib.SAEParams
+    sae: SAE
     feature: Array
     value: Array
-    hp: dict[str, Any]
     mask: Array | None
-    kind: str = eqx.field(static=True)
 
     def __init__(
         self,
-        sae: sae_lib.SAEParams,
-        kind: str,
+        sae: SAE,
         feature: Int[ArrayLike, ""] | int,
         value: Float[ArrayLike, "..."] | float | int,
-        hp: dict[str, Any] | None = None,
         mask: ArrayLike | None = None,
     ):
-        if kind not in sae_lib.SAE_KINDS:
-            raise ValueError(f"unknown SAE kind {kind!r}; choose from {sae_lib.SAE_KINDS}")
+        if not isinstance(sae, SAE):
+            raise ValueError(f"ClampFeature needs an SAE (superpos_jax.sae.SAE), got {type(sae).__name__}")
         self.sae = sae
-        self.kind = kind
         self.feature = jnp.asarray(feature).astype(jnp.int32)
         self.value = jnp.asarray(value).astype(jnp.float32)
-        self.hp = dict(hp or {})
         self.mask = _mask(mask)
 
     def __call__(self, x: Array) -> Array:
-        f_i = sae_lib.encode(self.kind, self.sae, _rows(x), self.hp)[:, self.feature]
-        w_i = self.sae.W_dec[:, self.feature]
-        value = jnp.broadcast_to(self.value.astype(x.dtype), x.shape[:-1]).reshape(-1)
-        delta = (value - f_i)[:, None] * w_i[None, :].astype(x.dtype)
-        return _apply(self.mask, x + delta.reshape(x.shape), x)
+        f_i = self.sae.encode(x)[..., self.feature]
+        w_i = self.sae.decoder[:, self.feature].astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+        value = jnp.broadcast_to(self.value.astype(x.dtype), x.shape[:-1])
+        return _apply(self.mask, x + (value - f_i)[..., None] * w_i, x)
 
 
 class SpliceSAE(Intervention):
-    """Replace the activation by its SAE reconstruction x̂ = decode(encode(x)) where `mask`
-    (for the CE loss recovered by an SAE)."""
+    """Replace the activation by its SAE reconstruction x̂ = sae(x) where `mask` (for the CE
+    loss recovered by an SAE, `lm.activations.ce_loss_recovered`)."""
 
-    sae: sae_lib.SAEParams
-    hp: dict[str, Any]
+    sae: SAE
     mask: Array | None
-    kind: str = eqx.field(static=True)
 
-    def __init__(
-        self, sae: sae_lib.SAEParams, kind: str, hp: dict[str, Any] | None = None, mask: ArrayLike | None = None
-    ):
-        if kind not in sae_lib.SAE_KINDS:
-            raise ValueError(f"unknown SAE kind {kind!r}; choose from {sae_lib.SAE_KINDS}")
+    def __init__(self, sae: SAE, mask: ArrayLike | None = None):
+        if not isinstance(sae, SAE):
+            raise ValueError(f"SpliceSAE needs an SAE (superpos_jax.sae.SAE), got {type(sae).__name__}")
         self.sae = sae
-        self.kind = kind
-        self.hp = dict(hp or {})
         self.mask = _mask(mask)
 
     def __call__(self, x: Array) -> Array:
-        rows = _rows(x)
-        x_hat = sae_lib.decode(self.sae, sae_lib.encode(self.kind, self.sae, rows, self.hp))
-        return _apply(self.mask, x_hat.reshape(x.shape), x)
+        return _apply(self.mask, self.sae(x), x)
 
 
 class Compose(Intervention):

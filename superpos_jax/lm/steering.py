@@ -3,8 +3,8 @@ feature is held at a value at every position, the SAE's error term kept
 (`interventions.ClampFeature`), and the model generates (greedily) or reports its next-token
 distribution. A sweep over clamp values is one vmapped call.
 
-A steerable run directory holds `model/` (`transformer_io`) and `sae/` (SAELens layout,
-`sae_io`), with the SAE reading the hook point named in its cfg (`hook_name`).
+A steerable run directory holds `model/` (`lm.io`) and `sae/` (SAELens layout, `sae.io`), with
+the SAE reading the hook point named in its cfg (`hook_name`).
 """
 
 from __future__ import annotations
@@ -13,29 +13,27 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
+from superpos_jax.interop.saelens import CFG_FILENAME
 from superpos_jax.lm.interventions import ClampFeature
-from superpos_jax.sae.architectures import SAEParams
+from superpos_jax.lm.io import load_transformer
+from superpos_jax.lm.tokenizers import ByteTokenizer
 from superpos_jax.lm.transformer import TransformerParams, forward, generate
 from superpos_jax.sae.io import load_sae
-from superpos_jax.lm.tokenizers import ByteTokenizer
-from superpos_jax.lm.io import load_transformer
+from superpos_jax.sae.model import SAE
 
 
 @dataclass(frozen=True)
 class Steerable:
-    """A loaded model and SAE: `kind`, `sae`, `hp` as for `models.sae.encode`; `hook` the hook point."""
+    """A model and an SAE reading its hook point `hook`."""
 
     model: TransformerParams
-    kind: str
-    sae: SAEParams
-    hp: dict[str, Any]
+    sae: SAE
     hook: str
 
 
@@ -45,14 +43,13 @@ def load_run(run_dir: str | os.PathLike[str]) -> Steerable:
     if not (run_dir / "model").is_dir() or not (run_dir / "sae").is_dir():
         raise FileNotFoundError(f"{run_dir} has no model/ and sae/ (run `superpos run monosemanticity` first)")
     model = load_transformer(run_dir / "model")
-    kind, sae, hp = load_sae(run_dir / "sae")
-    hook = json.loads((run_dir / "sae" / "cfg.json").read_text())["hook_name"]
-    return Steerable(model, kind, sae, hp, hook)
+    hook = json.loads((run_dir / "sae" / CFG_FILENAME).read_text())["hook_name"]
+    return Steerable(model, load_sae(run_dir / "sae"), hook)
 
 
 def check_request(run: Steerable, feature: int, prompt: str) -> np.ndarray:
     """The prompt's tokens, after checking the feature index and the prompt length."""
-    d_sae = run.sae.W_enc.shape[0]
+    d_sae = run.sae.d_sae
     if not 0 <= feature < d_sae:
         raise ValueError(f"feature {feature} is out of range: the SAE has {d_sae} features")
     tokens = ByteTokenizer().encode(prompt)
@@ -65,7 +62,7 @@ def steer_generate(run: Steerable, prompt: str, feature: int, value: float | Non
     """Greedy continuation of `prompt` with `feature` clamped to `value` (None: unsteered)."""
     tokens = check_request(run, feature, prompt)
     n_new = min(n_new, run.model.cfg.n_ctx - tokens.size)
-    hooks = {} if value is None else {run.hook: ClampFeature(run.sae, run.kind, feature, value, run.hp)}
+    hooks = {} if value is None else {run.hook: ClampFeature(run.sae, feature, value)}
     out = generate(run.model, jnp.asarray(tokens)[None, :], n_new, hooks)
     return ByteTokenizer().decode(np.asarray(out[0, tokens.size :]))
 
@@ -76,7 +73,7 @@ def next_token_sweep(run: Steerable, prompt: str, feature: int, values: npt.Arra
     tokens = jnp.asarray(check_request(run, feature, prompt))[None, :]
 
     def probs(value: jax.Array) -> jax.Array:
-        hook = ClampFeature(run.sae, run.kind, feature, value, run.hp)
+        hook = ClampFeature(run.sae, feature, value)
         logits, _ = forward(run.model, tokens, {run.hook: hook}, cache_names=())
         return jax.nn.softmax(logits[0, -1])
 

@@ -53,12 +53,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
+
+from superpos_jax.config import PositiveFloat, PositiveInt, one_of, validate
 
 Hook = Callable[[Array], Array]
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
@@ -73,28 +76,19 @@ class TransformerConfig:
     MLPs; `init_std` is the standard deviation of the GPT-2 initialisation.
     """
 
-    n_layers: int = 1
-    d_model: int = 128
-    n_heads: int = 4
-    d_head: int = 32
-    d_mlp: int = 512
-    n_ctx: int = 64
-    d_vocab: int = 256
-    act: str = "relu"
+    n_layers: PositiveInt = 1
+    d_model: PositiveInt = 128
+    n_heads: PositiveInt = 4
+    d_head: PositiveInt = 32
+    d_mlp: PositiveInt = 512
+    n_ctx: PositiveInt = 64
+    d_vocab: PositiveInt = 256
+    act: Annotated[str, one_of(*ACTIVATIONS)] = "relu"
     attn_only: bool = False
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"TransformerConfig.{name} must be an integer >= 1, got {value!r}")
-        if self.act not in ACTIVATIONS:
-            raise ValueError(f"TransformerConfig.act must be one of {ACTIVATIONS}, got {self.act!r}")
-        if not isinstance(self.attn_only, bool):
-            raise ValueError(f"TransformerConfig.attn_only must be a bool, got {self.attn_only!r}")
-        if not (isinstance(self.init_std, float | int) and np.isfinite(self.init_std) and self.init_std > 0):
-            raise ValueError(f"TransformerConfig.init_std must be a finite number > 0, got {self.init_std!r}")
+        validate(self)
 
 
 class LayerNormParams(eqx.Module):

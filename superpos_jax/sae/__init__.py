@@ -1,12 +1,13 @@
-"""Sparse autoencoders: architectures, training on the engine, activation sources, metrics,
-scaling laws and the SAELens layout."""
+"""Sparse autoencoders: the trained `SAE` module, architectures (a registry, one file per
+kind), training on the engine, activation sources, metrics, scaling laws and the SAELens layout."""
 
 from superpos_jax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
-    "architectures": ["SAE_KINDS", "SAEParams"],
+    "model": ["SAE"],
+    "architectures": ["Architecture", "SAEParams"],
     "training": ["SAETraining", "sae_hparams", "sae_task"],
-    "sources": [],
+    "sources": ["ArrayRows", "GroundTruthSource", "ToyHiddenSource"],
     "metrics": [],
     "scaling": [],
     "io": ["load_sae", "save_sae"],

@@ -20,19 +20,40 @@ Definitions:
   implemented here in NumPy). Ground-truth features left unmatched (d_sae < n_gt) count 0.
 
 The reconstruction and sparsity metrics are jnp functions of one instance (vmap for a sweep);
-the density histogram and the matching are host-side NumPy analysis.
+`evaluate` scores one trained `SAE` on raw activations; the density histogram and the matching
+are host-side NumPy analysis.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 from jaxtyping import Array, ArrayLike, Float, Int, Real, Scalar
 
+if TYPE_CHECKING:
+    from superpos_jax.sae.model import SAE
+
 _TINY = 1e-12
+
+
+def evaluate(sae: SAE, x: Float[ArrayLike, "batch d_in"]) -> dict[str, Array]:
+    """Held-out metrics of one SAE on raw activations x, as used after training
+    (`sae.encode`): `l0` (mean number of positive latents), `mse` (mean over examples of the
+    squared error summed over d_in, in raw units), `fvu`, and per-latent `fired` counts (d_sae,)."""
+    x = jnp.asarray(x)
+    f = sae.encode(x)
+    x_hat = sae.decode(f)
+    err = jnp.sum(jnp.square(x - x_hat), axis=-1)
+    var = jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True)))
+    return {
+        "l0": jnp.mean(jnp.sum((f > 0).astype(jnp.float32), axis=-1)),
+        "mse": jnp.mean(err),
+        "fvu": jnp.sum(err) / jnp.maximum(var, _TINY),
+        "fired": jnp.sum((f > 0).astype(jnp.int32), axis=0),
+    }
 
 
 def l0(f: Float[ArrayLike, "batch d_sae"]) -> Scalar:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from superpos_experiments import induction_heads
+from superpos_jax.config import validate
+from superpos_jax.rundir import RunDir
 from superpos_jax.engine.distributed import sweep_mesh
 from superpos_jax.engine.execution import Execution
 from superpos_jax.lm.induction import (
@@ -138,10 +140,10 @@ SCIENCE = {"n_seeds": 1, "seed": 0, "n_steps": 500, "chunk_steps": 500, "log_eve
 def trained(tmp_path_factory):
     """The experiment end to end on a reduced config (one seed): summary and output directory."""
     cfg = induction_heads.Config(**SCIENCE)
-    cfg.validate()
+    validate(cfg)
     out = tmp_path_factory.mktemp("induction")
     one_call = Execution(mesh=sweep_mesh(1), max_instances_per_call=1)  # no footprint probe: one compile
-    return cfg, induction_heads.run(cfg, out, progress=False, execution=one_call), out
+    return cfg, induction_heads.run(cfg, RunDir(out), progress=False, execution=one_call), out
 
 
 def test_experiment_contract(trained):
@@ -150,7 +152,7 @@ def test_experiment_contract(trained):
         assert (out / "figures" / name).stat().st_size > 0
     n_windows = cfg.n_steps // cfg.log_every
     assert len(summary["seeds"]) == 1 and summary["n_instances"] == 1
-    assert np.shape(summary["trajectories"]["induction"]) == (1, n_windows, 2, cfg.n_heads)
+    assert np.shape(summary["trajectories"]["induction"]) == (1, n_windows, 2, cfg.model.n_heads)
     assert np.shape(summary["attention_figure"]["induction_pattern"]) == (2 * cfg.half + 1,) * 2
     json.dumps(summary)
 
@@ -165,7 +167,7 @@ def test_induction_head_forms_in_a_phase_change(trained):
     assert prev[-1, 0].max() > 0.25, prev[-1].round(2)  # a layer-0 previous-token head (chance ≈ 0.1)
     assert ind[-1, 0].max() < 0.3  # layer 0 alone cannot do induction
     # the repeat loss collapses while the first half stays unpredictable
-    assert repeat[-1] < 0.3 * repeat[0] and first[-1] > 0.9 * np.log(cfg.d_vocab - 1)
+    assert repeat[-1] < 0.3 * repeat[0] and first[-1] > 0.9 * np.log(cfg.model.d_vocab - 1)
     steps = np.asarray(traj["steps"])
     drop = induction_heads.phase_change_step(repeat, steps)
     rise = induction_heads.steepest_rise_step(ind[:, 1].max(axis=1), steps)

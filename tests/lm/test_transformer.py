@@ -8,6 +8,7 @@ import pytest
 
 from superpos_jax.lm import interventions as iv
 from superpos_jax.sae import architectures as sae_lib
+from superpos_jax.sae.model import SAE
 from superpos_jax.lm.transformer import (
     TransformerConfig,
     TransformerParams,
@@ -299,12 +300,13 @@ def test_add_direction_adds_exactly_and_is_differentiable():
     np.testing.assert_allclose(g, fd, rtol=2e-2, atol=1e-4)
 
 
-def make_sae(d_in: int, d_sae: int, seed: int = 0) -> sae_lib.SAEParams:
-    sae = sae_lib.init_sae("relu", d_in, d_sae, key=jax.random.key(seed))
+def make_sae(d_in: int, d_sae: int, seed: int = 0) -> SAE:
+    params = sae_lib.get("relu").init(d_in, d_sae, key=jax.random.key(seed))
     rng = np.random.default_rng(seed)
-    return eqx.tree_at(lambda s: (s.b_enc, s.b_dec), sae,
-                       (jnp.asarray(rng.normal(0, 0.1, d_sae), jnp.float32),
-                        jnp.asarray(rng.normal(0, 0.1, d_in), jnp.float32)))
+    params = eqx.tree_at(lambda s: (s.b_enc, s.b_dec), params,
+                         (jnp.asarray(rng.normal(0, 0.1, d_sae), jnp.float32),
+                          jnp.asarray(rng.normal(0, 0.1, d_in), jnp.float32)))
+    return SAE("relu", params)
 
 
 def test_clamp_feature_keeps_the_error_term():
@@ -315,23 +317,23 @@ def test_clamp_feature_keeps_the_error_term():
     _, clean_cache = fwd(params, toks)
     x = clean_cache[name]
     rows = x.reshape(-1, CFG.d_model)
-    f = sae_lib.encode("relu", sae, rows, {})
+    f = sae.encode(rows)
     assert np.any(np.asarray(f[:, i]) > 0)
     own = f[:, i].reshape(BATCH, POS)
-    np.testing.assert_array_equal(iv.ClampFeature(sae, "relu", i, own)(x), x)  # exact, eager
-    logits, cache = fwd(params, toks, {name: iv.ClampFeature(sae, "relu", i, own)})
+    np.testing.assert_array_equal(iv.ClampFeature(sae, i, own)(x), x)  # exact, eager
+    logits, cache = fwd(params, toks, {name: iv.ClampFeature(sae, i, own)})
     # inside jit, f_i is recomputed by another program: equal to an ulp
     np.testing.assert_allclose(cache[name], x, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(logits, fwd(params, toks)[0], rtol=1e-5, atol=1e-6)
 
     c = 3.0
     everywhere = jnp.full((BATCH, POS), c, jnp.float32)  # same hook structure: no recompile
-    _, cache = fwd(params, toks, {name: iv.ClampFeature(sae, "relu", jnp.int32(i), everywhere)})
-    delta = (c - np.asarray(own))[..., None] * np.asarray(sae.W_dec[:, i])
+    _, cache = fwd(params, toks, {name: iv.ClampFeature(sae, jnp.int32(i), everywhere)})
+    delta = (c - np.asarray(own))[..., None] * np.asarray(sae.params.W_dec[:, i])
     np.testing.assert_allclose(np.asarray(cache[name]) - np.asarray(x), delta, atol=1e-5)
     # the same thing written as x − x̂ + x̂′ with the SAE's own encode/decode
     f_clamped = f.at[:, i].set(c)
-    expected = rows - sae_lib.decode(sae, f) + sae_lib.decode(sae, f_clamped)
+    expected = rows - sae.decode(f) + sae.decode(f_clamped)
     np.testing.assert_allclose(cache[name].reshape(-1, CFG.d_model), expected, atol=1e-5)
 
 
@@ -343,7 +345,7 @@ def test_clamp_sweep_is_one_vmapped_call():
     features = jnp.asarray([2, 5, 7], jnp.int32)
 
     def run(feature, value):
-        hooks = {"blocks.1.resid_pre": iv.ClampFeature(sae, "relu", feature, value)}
+        hooks = {"blocks.1.resid_pre": iv.ClampFeature(sae, feature, value)}
         return next_token_loss(params, toks, hooks)
 
     swept = jax.jit(jax.vmap(run))(features, values)
@@ -359,19 +361,19 @@ def test_splice_sae():
     d = CFG.d_model
     eye = jnp.eye(d, dtype=jnp.float32)
     perfect = eqx.tree_at(
-        lambda s: (s.W_enc, s.W_dec, s.b_enc, s.b_dec),
+        lambda s: (s.params.W_enc, s.params.W_dec, s.params.b_enc, s.params.b_dec),
         make_sae(d, 2 * d),
         (jnp.concatenate([eye, -eye], 0), jnp.concatenate([eye, -eye], 1),
          jnp.zeros(2 * d, jnp.float32), jnp.zeros(d, jnp.float32)),
     )
     clean = fwd(params, toks)[0]
-    np.testing.assert_allclose(fwd(params, toks, {"blocks.0.resid_mid": iv.SpliceSAE(perfect, "relu")})[0],
+    np.testing.assert_allclose(fwd(params, toks, {"blocks.0.resid_mid": iv.SpliceSAE(perfect)})[0],
                                clean, atol=1e-6)
     lossy = make_sae(d, 24)
-    _, cache = fwd(params, toks, {"blocks.0.resid_mid": iv.SpliceSAE(lossy, "relu")})
+    _, cache = fwd(params, toks, {"blocks.0.resid_mid": iv.SpliceSAE(lossy)})
     _, clean_cache = fwd(params, toks)
     rows = clean_cache["blocks.0.resid_mid"].reshape(-1, d)
-    x_hat = sae_lib.decode(lossy, sae_lib.encode("relu", lossy, rows, {}))
+    x_hat = lossy.decode(lossy.encode(rows))
     np.testing.assert_allclose(cache["blocks.0.resid_mid"].reshape(-1, d), x_hat, atol=1e-6)
     assert not np.allclose(x_hat, rows, atol=1e-2)
 

@@ -1,4 +1,7 @@
-"""SAE family (`superpos_jax.sae.architectures`) against float64 NumPy references and gradient identities."""
+"""SAE architectures (`superpos_jax.sae.architectures`) against float64 NumPy references and
+gradient identities; the registry; the trained `SAE` module."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +10,9 @@ import optax
 import pytest
 
 from superpos_jax.sae import architectures as sae
+from superpos_jax.sae.architectures import batchtopk
+from superpos_jax.sae.metrics import evaluate
+from superpos_jax.sae.model import SAE
 
 D_IN, D_SAE, BATCH = 5, 12, 6
 
@@ -23,12 +29,10 @@ def _random_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def _to_jax(p: dict[str, np.ndarray]) -> sae.SAEParams:
-    return sae.SAEParams(**{k: jnp.asarray(v) for k, v in p.items()})
-
-
-def _to_numpy(p: sae.SAEParams) -> dict[str, np.ndarray]:
-    return {k: np.asarray(getattr(p, k), np.float64) for k in _random_params(np.random.default_rng(0))}
+def _to_jax(kind: str, p: dict[str, np.ndarray], dtype=None):
+    """The params of architecture `kind` from the leaves it uses."""
+    cls = sae.get(kind).params_type
+    return cls(**{f.name: jnp.asarray(p[f.name], dtype) for f in dataclasses.fields(cls)})
 
 
 # ---------------------------------------------------------------- float64 NumPy references
@@ -105,10 +109,11 @@ def test_forward_and_loss_match_numpy_float64(kind: str, hp: dict, rng: np.rando
     x = rng.normal(size=(BATCH, D_IN))
     f_ref, loss_ref = _np_reference(kind, p, x, hp)
     with jax.enable_x64(True):
-        params, xj = _to_jax(p), jnp.asarray(x)
-        f = sae.encode(kind, params, xj, hp)
-        value, aux = sae.loss(kind, params, xj, hp)
-        x_hat = sae.decode(params, f)
+        arch = sae.get(kind)
+        params, xj = _to_jax(kind, p), jnp.asarray(x)
+        f = arch.encode(params, xj, hp)
+        value, aux = arch.loss(params, xj, hp)
+        x_hat = arch.decode(params, f)
         np.testing.assert_allclose(np.asarray(f), f_ref, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(np.asarray(x_hat), f_ref @ p["W_dec"].T + p["b_dec"], rtol=1e-12)
         np.testing.assert_allclose(float(value), loss_ref, rtol=1e-12)
@@ -120,8 +125,8 @@ def test_float32_loss_is_close_to_float64_reference(rng: np.random.Generator) ->
     p = _random_params(rng)
     x = rng.normal(size=(BATCH, D_IN))
     hp = {"l1_coefficient": 0.3}
-    params = sae.SAEParams(**{k: jnp.asarray(v, jnp.float32) for k, v in p.items()})
-    value, _ = jax.jit(sae.relu_loss)(params, jnp.asarray(x, jnp.float32), hp)
+    params = _to_jax("relu", p, jnp.float32)
+    value, _ = jax.jit(sae.get("relu").loss)(params, jnp.asarray(x, jnp.float32), hp)
     assert value.dtype == jnp.float32
     np.testing.assert_allclose(float(value), _np_reference("relu", p, x, hp)[1], rtol=1e-5)
 
@@ -129,31 +134,34 @@ def test_float32_loss_is_close_to_float64_reference(rng: np.random.Generator) ->
 # ---------------------------------------------------------------- init
 
 
-@pytest.mark.parametrize("kind", sae.SAE_KINDS)
+@pytest.mark.parametrize("kind", sae.names())
 def test_init_recipes(kind: str) -> None:
     key = jax.random.key(0)
-    p23 = sae.init_sae(kind, 8, 32, key=key, recipe="2023")
-    p24 = sae.init_sae(kind, 8, 32, key=key, recipe="2024", decoder_norm=0.1, threshold=0.01)
+    arch = sae.get(kind)
+    p23 = arch.init(8, 32, key=key, recipe="2023")
+    p24 = arch.init(8, 32, key=key, recipe="2024", decoder_norm=0.1, threshold=0.01)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(p23.W_dec), axis=0), 1.0, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(p24.W_dec), axis=0), 0.1, rtol=1e-6)
     for p in (p23, p24):
+        assert type(p) is arch.params_type
         np.testing.assert_array_equal(np.asarray(p.W_enc), np.asarray(p.W_dec).T)
         assert p.W_enc.shape == (32, 8) and p.b_dec.shape == (8,) and p.b_enc.shape == (32,)
-        assert not np.asarray(p.b_enc).any() and not np.asarray(p.b_mag).any()
-    np.testing.assert_allclose(np.exp(np.asarray(p24.log_threshold)), 0.01, rtol=1e-6)
+        assert not np.asarray(p.b_enc).any() and not np.asarray(getattr(p, "b_mag", 0.0)).any()
+    if kind == "jumprelu":
+        np.testing.assert_allclose(np.exp(np.asarray(p24.log_threshold)), 0.01, rtol=1e-6)
 
 
 def test_init_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="kind"):
-        sae.init_sae("sigmoid", 4, 8, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="architecture"):
+        sae.get("sigmoid")
     with pytest.raises(ValueError, match="recipe"):
-        sae.init_sae("relu", 4, 8, key=jax.random.key(0), recipe="2025")
+        sae.get("relu").init(4, 8, key=jax.random.key(0), recipe="2025")
 
 
 # ---------------------------------------------------------------- gradients
 
 
-def _directional_fd(fn, params: sae.SAEParams, direction: sae.SAEParams, h: float = 1e-6) -> float:
+def _directional_fd(fn, params, direction, h: float = 1e-6) -> float:
     plus = jax.tree.map(lambda a, d: a + h * d, params, direction)
     minus = jax.tree.map(lambda a, d: a - h * d, params, direction)
     return (float(fn(plus)) - float(fn(minus))) / (2 * h)
@@ -172,15 +180,15 @@ def test_gradients_match_float64_finite_differences(kind: str, hp: dict, rng: np
     p = _random_params(rng)
     x = rng.normal(size=(BATCH, D_IN))
     with jax.enable_x64(True):
-        params, xj = _to_jax(p), jnp.asarray(x)
+        params, xj = _to_jax(kind, p), jnp.asarray(x)
 
         @jax.jit
-        def fn(q: sae.SAEParams) -> jax.Array:
-            return sae.loss(kind, q, xj, hp)[0]
+        def fn(q):
+            return sae.get(kind).loss(q, xj, hp)[0]
 
         grads = jax.grad(fn)(params)
         for seed in range(2):
-            direction = _to_jax(_random_params(np.random.default_rng(100 + seed)))
+            direction = _to_jax(kind, _random_params(np.random.default_rng(100 + seed)))
             analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
             np.testing.assert_allclose(analytic, _directional_fd(fn, params, direction), rtol=1e-6, atol=1e-8)
 
@@ -190,15 +198,15 @@ def test_auxk_gradient_matches_finite_differences_at_fixed_residual(rng: np.rand
     x = rng.normal(size=(BATCH, D_IN))
     hp = {"dead": np.arange(D_SAE) % 2 == 0, "k_aux": 2}
     with jax.enable_x64(True):
-        params, xj = _to_jax(p), jnp.asarray(x)
+        params, xj = _to_jax("topk", p), jnp.asarray(x)
         residual = jnp.asarray(rng.normal(size=(BATCH, D_IN)))
 
         @jax.jit
-        def fn(q: sae.SAEParams) -> jax.Array:
+        def fn(q):
             return sae.auxk_loss(q, sae.pre_activations(q, xj), residual, hp)
 
         grads = jax.grad(fn)(params)
-        direction = _to_jax(_random_params(np.random.default_rng(7)))
+        direction = _to_jax("topk", _random_params(np.random.default_rng(7)))
         analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
         np.testing.assert_allclose(analytic, _directional_fd(fn, params, direction), rtol=1e-6)
         g_res = jax.grad(lambda r: sae.auxk_loss(params, sae.pre_activations(params, xj), r, hp))(residual)
@@ -217,11 +225,12 @@ def test_relu_gradient_matches_hand_derivation(rng: np.random.Generator) -> None
     dz = df * (z > 0)
     dW_enc = dz.T @ (x - p["b_dec"])
     with jax.enable_x64(True):
-        g = jax.grad(lambda q: sae.relu_loss(q, jnp.asarray(x), {"l1_coefficient": lam})[0])(_to_jax(p))
+        g = jax.grad(lambda q: sae.get("relu").loss(q, jnp.asarray(x), {"l1_coefficient": lam})[0])(_to_jax("relu", p))
         np.testing.assert_allclose(np.asarray(g.W_dec), dW_dec, rtol=1e-10)
         np.testing.assert_allclose(np.asarray(g.W_enc), dW_enc, rtol=1e-10)
         np.testing.assert_allclose(np.asarray(g.b_enc), dz.sum(0), rtol=1e-10)
-        assert not np.asarray(g.log_threshold).any() and not np.asarray(g.r_mag).any()
+        # ReLU's params hold only the leaves it uses (no threshold, no magnitude path)
+        assert [f.name for f in dataclasses.fields(g)] == ["W_enc", "b_enc", "W_dec", "b_dec"]
 
 
 def test_jumprelu_threshold_gets_straight_through_gradient(rng: np.random.Generator) -> None:
@@ -238,7 +247,7 @@ def test_jumprelu_threshold_gets_straight_through_gradient(rng: np.random.Genera
     assert np.count_nonzero(dtheta) >= 3
     with jax.enable_x64(True):
         hp = {"l1_coefficient": lam, "bandwidth": eps}
-        g = jax.grad(lambda q: sae.jumprelu_loss(q, jnp.asarray(x), hp)[0])(_to_jax(p))
+        g = jax.grad(lambda q: sae.get("jumprelu").loss(q, jnp.asarray(x), hp)[0])(_to_jax("jumprelu", p))
         np.testing.assert_allclose(np.asarray(g.log_threshold), dtheta * theta, rtol=1e-10, atol=1e-14)
         dz = df * (z > theta)
         np.testing.assert_allclose(np.asarray(g.b_enc), dz.sum(0), rtol=1e-10, atol=1e-14)
@@ -250,16 +259,17 @@ def test_auxk_gradient_touches_only_dead_latents(rng: np.random.Generator) -> No
     dead = np.arange(D_SAE) % 3 == 1
     with_dead = {"k": 3, "dead": dead, "k_aux": 2}
     with jax.enable_x64(True):
-        params, xj = _to_jax(p), jnp.asarray(x)
-        g_all = jax.grad(lambda q: sae.topk_loss(q, xj, with_dead)[0])(params)
-        g_main = jax.grad(lambda q: sae.topk_loss(q, xj, {"k": 3})[0])(params)
+        topk = sae.get("topk")
+        params, xj = _to_jax("topk", p), jnp.asarray(x)
+        g_all = jax.grad(lambda q: topk.loss(q, xj, with_dead)[0])(params)
+        g_main = jax.grad(lambda q: topk.loss(q, xj, {"k": 3})[0])(params)
         g_aux = jax.tree.map(lambda a, b: np.asarray(a - b), g_all, g_main)
     np.testing.assert_array_equal(g_aux.W_enc[~dead], 0.0)
     np.testing.assert_array_equal(g_aux.b_enc[~dead], 0.0)
     np.testing.assert_array_equal(g_aux.W_dec[:, ~dead], 0.0)
     assert np.abs(g_aux.W_dec[:, dead]).sum() > 0 and np.abs(g_aux.W_enc[dead]).sum() > 0
     with jax.enable_x64(True):
-        value, aux = sae.topk_loss(params, xj, {"k": 3, "dead": np.zeros(D_SAE, bool), "k_aux": 2})
+        value, aux = topk.loss(params, xj, {"k": 3, "dead": np.zeros(D_SAE, bool), "k_aux": 2})
     assert float(aux["auxk"]) == 0.0
 
 
@@ -269,22 +279,24 @@ def test_auxk_gradient_touches_only_dead_latents(rng: np.random.Generator) -> No
 def test_topk_traced_k_under_vmap_gives_exactly_k_per_row(rng: np.random.Generator) -> None:
     p = _random_params(rng)
     p["b_enc"] = p["b_enc"] + 20.0
-    params = sae.SAEParams(**{k: jnp.asarray(v, jnp.float32) for k, v in p.items()})
+    params = _to_jax("topk", p, jnp.float32)
     x = jnp.asarray(rng.normal(size=(BATCH, D_IN)), jnp.float32)
     stacked = jax.tree.map(lambda a: jnp.stack([a] * 4), params)
+    topk, btopk = sae.get("topk"), sae.get("batchtopk")
     for ks in (jnp.asarray([1, 3, 5, 12], jnp.int32), jnp.asarray([2.0, 4.0, 7.0, 0.0], jnp.float32)):
-        f = jax.jit(jax.vmap(lambda q, k: sae.topk_encode(q, x, {"k": k})))(stacked, ks)
+        f = jax.jit(jax.vmap(lambda q, k: topk.encode(q, x, {"k": k})))(stacked, ks)
         counts = np.count_nonzero(np.asarray(f), axis=-1)
         np.testing.assert_array_equal(counts, np.repeat(np.asarray(ks, int)[:, None], BATCH, axis=1))
-        fb = jax.jit(jax.vmap(lambda q, k: sae.batchtopk_encode(q, x, {"k": k})))(stacked, ks)
+        fb = jax.jit(jax.vmap(lambda q, k: btopk.encode(q, x, {"k": k})))(stacked, ks)
         np.testing.assert_array_equal(np.count_nonzero(np.asarray(fb), axis=(1, 2)), np.asarray(ks, int) * BATCH)
-        losses = jax.jit(jax.vmap(lambda q, k: sae.topk_loss(q, x, {"k": k})[0]))(stacked, ks)
+        losses = jax.jit(jax.vmap(lambda q, k: topk.loss(q, x, {"k": k})[0]))(stacked, ks)
         assert np.all(np.isfinite(np.asarray(losses)))
 
 
-@pytest.mark.parametrize("kind", sae.SAE_KINDS)
+@pytest.mark.parametrize("kind", sae.names())
 def test_losses_vmap_over_traced_hparams(kind: str, rng: np.random.Generator) -> None:
-    params = sae.init_sae(kind, D_IN, D_SAE, key=jax.random.key(1))
+    arch = sae.get(kind)
+    params = arch.init(D_IN, D_SAE, key=jax.random.key(1))
     stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
     x = jnp.asarray(rng.normal(size=(BATCH, D_IN)), jnp.float32)
     hp = {
@@ -294,12 +306,12 @@ def test_losses_vmap_over_traced_hparams(kind: str, rng: np.random.Generator) ->
         "dead": jnp.asarray(np.stack([np.arange(D_SAE) < 4, np.arange(D_SAE) >= 4])),
         "bandwidth": jnp.asarray([0.001, 0.01], jnp.float32),
     }
-    fn = jax.jit(jax.vmap(jax.value_and_grad(lambda q, h: sae.loss(kind, q, x, h), has_aux=True)))
+    fn = jax.jit(jax.vmap(jax.value_and_grad(lambda q, h: arch.loss(q, x, h), has_aux=True)))
     (values, aux), grads = fn(stacked, hp)
     assert values.shape == (2,) and values.dtype == jnp.float32
     assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(grads))
     for i in range(2):
-        single = sae.loss(kind, params, x, jax.tree.map(lambda a: a[i], hp))[0]
+        single = arch.loss(params, x, jax.tree.map(lambda a: a[i], hp))[0]
         np.testing.assert_allclose(float(values[i]), float(single), rtol=1e-5)
 
 
@@ -310,21 +322,28 @@ def test_batchtopk_inference_threshold(rng: np.random.Generator) -> None:
     p = _random_params(rng)
     x = rng.normal(size=(BATCH, D_IN))
     with jax.enable_x64(True):
-        params, xj = _to_jax(p), jnp.asarray(x)
-        f = sae.batchtopk_encode(params, xj, {"k": 2})
+        arch = sae.get("batchtopk")
+        params, xj = _to_jax("batchtopk", p), jnp.asarray(x)
+        f = arch.encode(params, xj, {"k": 2})
         smallest = np.asarray(f)[np.asarray(f) > 0].min()
-        theta = sae.batchtopk_threshold_update(0.5, f, 0.25)
+        theta = batchtopk.threshold_update(0.5, f, 0.25)
         np.testing.assert_allclose(float(theta), 0.75 * 0.5 + 0.25 * smallest, rtol=1e-12)
-        unchanged = sae.batchtopk_threshold_update(0.5, jnp.zeros_like(f), 0.25)
+        unchanged = batchtopk.threshold_update(0.5, jnp.zeros_like(f), 0.25)
         assert float(unchanged) == 0.5
-        inference = sae.batchtopk_inference_encode(params, xj, theta)
+        inference = batchtopk.inference_encode(params, xj, theta)
         z = (x - p["b_dec"]) @ p["W_enc"].T + p["b_enc"]
         np.testing.assert_allclose(np.asarray(inference), z * (z > float(theta)), rtol=1e-12)
         # At the batch's own smallest kept activation, inference keeps every training latent.
-        at_min = np.asarray(sae.batchtopk_inference_encode(params, xj, smallest * (1 - 1e-9)))
+        at_min = np.asarray(batchtopk.inference_encode(params, xj, smallest * (1 - 1e-9)))
         assert np.all(at_min[np.asarray(f) > 0] > 0)
-        row = np.asarray(sae.batchtopk_inference_encode(params, xj[:1], theta))
+        row = np.asarray(batchtopk.inference_encode(params, xj[:1], theta))
         np.testing.assert_allclose(row, np.asarray(inference)[:1], rtol=1e-12)
+        # the architecture's inference encoder and its after-update are these functions
+        state = {"threshold": jnp.asarray(0.5)}
+        np.testing.assert_array_equal(np.asarray(arch.encode_inference(params, {"threshold": theta}, xj, {"k": 2})),
+                                      np.asarray(inference))
+        _, new = arch.after_update(params, state, {"f": f}, {"threshold_momentum": 0.25}, unit_norm=False)
+        np.testing.assert_allclose(float(new["threshold"]), float(theta), rtol=1e-12)
 
 
 # ---------------------------------------------------------------- unit-norm decoder
@@ -333,9 +352,10 @@ def test_batchtopk_inference_threshold(rng: np.random.Generator) -> None:
 def test_unit_norm_decoder_removes_parallel_gradient_and_projection_restores_norms(
     rng: np.random.Generator,
 ) -> None:
-    params = sae.init_sae("relu", D_IN, D_SAE, key=jax.random.key(3))
+    relu = sae.get("relu")
+    params = relu.init(D_IN, D_SAE, key=jax.random.key(3))
     x = jnp.asarray(rng.normal(size=(BATCH, D_IN)), jnp.float32)
-    grads = jax.grad(lambda q: sae.relu_loss(q, x, {"l1_coefficient": 0.5})[0])(params)
+    grads = jax.grad(lambda q: relu.loss(q, x, {"l1_coefficient": 0.5})[0])(params)
     transform = sae.unit_norm_decoder()
     state = transform.init(params)
     updates, _ = transform.update(grads, state, params)
@@ -353,7 +373,7 @@ def test_unit_norm_decoder_removes_parallel_gradient_and_projection_restores_nor
 
     @jax.jit
     def train_step(q: sae.SAEParams, s):
-        g = jax.grad(lambda q: sae.relu_loss(q, x, {"l1_coefficient": 0.5})[0])(q)
+        g = jax.grad(lambda q: relu.loss(q, x, {"l1_coefficient": 0.5})[0])(q)
         u, s = optimizer.update(g, s, q)
         return sae.project_decoder(optax.apply_updates(q, u)), s
 
@@ -363,6 +383,128 @@ def test_unit_norm_decoder_removes_parallel_gradient_and_projection_restores_nor
 
 
 def test_unit_norm_decoder_requires_params() -> None:
-    params = sae.init_sae("relu", D_IN, D_SAE, key=jax.random.key(0))
+    params = sae.get("relu").init(D_IN, D_SAE, key=jax.random.key(0))
     with pytest.raises(ValueError, match="params"):
         sae.unit_norm_decoder().update(params, optax.EmptyState())
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_names_get_and_errors() -> None:
+    assert set(sae.names()) >= {"relu", "topk", "batchtopk", "jumprelu", "gated"}
+    for name in sae.names():
+        arch = sae.get(name)
+        assert arch.name == name and sae.get(arch) is arch
+        assert arch.swept in ("l1_coefficient", "k")
+        assert arch.auxk == (arch.swept == "k")
+        assert hash(arch) == hash(sae.get(name)) and arch == type(arch)()  # a static singleton
+    assert sae.get("topk").swept == "k" and sae.get("relu").swept == "l1_coefficient"
+    with pytest.raises(ValueError, match=r"unknown SAE architecture 'sparse'.*'relu'.*'gated'"):
+        sae.get("sparse")
+
+    class Impostor(sae.ReLU):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        sae.register(Impostor())
+    assert sae.for_saelens("standard") is sae.get("relu") and sae.for_saelens("jumprelu") is sae.get("jumprelu")
+    with pytest.raises(ValueError, match="SAELens architecture 'matryoshka'"):
+        sae.for_saelens("matryoshka")
+
+
+def test_a_new_architecture_is_one_class_and_one_registration(rng: np.random.Generator) -> None:
+    """A registered architecture (here a ReLU with a squared L1 penalty, defined in the test)
+    is trained by `sae_task` and used through `SAE` with no other change."""
+    from superpos_jax.engine.trainer import instance_keys, make_trainer
+    from superpos_jax.sae import sources
+    from superpos_jax.sae.training import SAETraining, recipe_optim, sae_hparams, sae_task
+
+    class SquaredL1(sae.ReLU):
+        name = "test-squared-l1"
+        recipes = ("2023",)
+
+        def loss(self, params, x, hp):
+            f = self.encode(params, x, hp)
+            x_hat = self.decode(params, f)
+            recon = jnp.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
+            sparsity = jnp.mean(jnp.square(jnp.sum(f, axis=-1)))
+            return recon + self.hparam(hp, "l1_coefficient", x) * sparsity, {"f": f, "sq_err": jnp.zeros(x.shape[0])}
+
+    arch = sae.register(SquaredL1())
+    assert sae.get("test-squared-l1") is arch and "test-squared-l1" in sae.names()
+    training = SAETraining("test-squared-l1", D_IN, D_SAE, batch_size=16)
+    source = sources.ArrayRows(rng.normal(size=(256, D_IN)).astype(np.float32))
+    hp = sae_hparams(training, l1_coefficient=[0.0, 0.5])
+    trainer = make_trainer(sae_task(training, source), recipe_optim(training, 10, 1e-2))
+    state, trace = trainer.run(trainer.init(hp, instance_keys([0, 0])), hp, 10)
+    assert np.all(np.isfinite(np.asarray(trace))) and trace[0, -1] != trace[1, -1]
+    model = SAE.from_sweep(training, state, hp, 1)
+    assert model.architecture is arch and model.d_sae == D_SAE
+    assert model(jnp.asarray(source.x[:3])).shape == (3, D_IN)
+
+
+@pytest.mark.parametrize("kind", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+def test_every_params_leaf_is_used(kind: str, rng: np.random.Generator) -> None:
+    """Each architecture's params hold only leaves its loss depends on (each gets a gradient)."""
+    arch = sae.get(kind)
+    p = _random_params(rng)
+    p["b_enc"] = p["b_enc"] + 1.0  # enough active latents for every path
+    x = rng.normal(size=(BATCH, D_IN))
+    hp = {"l1_coefficient": 0.3, "k": 4, "bandwidth": 2.0, "dead": np.arange(D_SAE) % 2 == 0, "k_aux": 2}
+    with jax.enable_x64(True):
+        g = jax.grad(lambda q: arch.loss(q, jnp.asarray(x), hp)[0])(_to_jax(kind, p))
+    for f in dataclasses.fields(g):
+        assert np.abs(np.asarray(getattr(g, f.name))).sum() > 0, f.name
+    assert set(type(g).LATENT_AXES) == {f.name for f in dataclasses.fields(g)}
+
+
+# ---------------------------------------------------------------- the SAE module
+
+
+@pytest.mark.parametrize("kind", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+def test_sae_module_acts_on_raw_activations(kind: str, rng: np.random.Generator) -> None:
+    arch = sae.get(kind)
+    params = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.normal(size=a.shape), jnp.float32),
+                          arch.init(D_IN, D_SAE, key=jax.random.key(2)))
+    scale, hp = 2.5, {"k": 3.0, "l1_coefficient": 0.1}
+    state = {"threshold": 0.05} if kind == "batchtopk" else {}
+    model = SAE(kind, params, hp, state, scale)
+    x = jnp.asarray(rng.normal(size=(2, 3, D_IN)), jnp.float32)
+    rows = x.reshape(-1, D_IN)
+    f_ref = (batchtopk.inference_encode(params, rows * scale, 0.05) if kind == "batchtopk"
+             else arch.encode(params, rows * scale, hp))
+    f = model.encode(x)
+    assert f.shape == (2, 3, D_SAE) and model.d_in == D_IN and model.d_sae == D_SAE
+    np.testing.assert_array_equal(np.asarray(f).reshape(-1, D_SAE), np.asarray(f_ref))
+    np.testing.assert_allclose(np.asarray(model(x)).reshape(-1, D_IN),
+                               np.asarray(arch.decode(params, f_ref)) / scale, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.decoder), np.asarray(params.W_dec) / scale, rtol=1e-6)
+    for other in (model.folded(), model.inference()):  # the same map on raw activations
+        assert float(other.input_scale) == 1.0
+        np.testing.assert_allclose(np.asarray(other.encode(x)), np.asarray(f), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(other(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+    assert model.inference().architecture.name == ("jumprelu" if kind == "batchtopk" else kind)
+    # a pytree: jit and vmap over SAEs (the architecture is static)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda m, v: m(v))(model, x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), model)
+    out = jax.vmap(lambda m: m.encode(rows))(stacked)
+    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(f).reshape(-1, D_SAE), rtol=1e-5, atol=1e-6)
+    assert jax.tree.structure(model) == jax.tree.structure(SAE(kind, params, hp, state, 1.0))
+    # the held-out metrics score exactly this map
+    ev = evaluate(model, rows)
+    err = np.sum((np.asarray(rows) - np.asarray(model(rows))) ** 2, axis=1)
+    np.testing.assert_allclose(float(ev["mse"]), err.mean(), rtol=1e-5)
+    centred = np.asarray(rows) - np.asarray(rows).mean(axis=0)
+    np.testing.assert_allclose(float(ev["fvu"]), err.sum() / np.sum(centred**2), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ev["fired"]), np.sum(np.asarray(f).reshape(-1, D_SAE) > 0, axis=0))
+
+
+def test_sae_module_rejects_mismatched_pieces() -> None:
+    params = sae.get("relu").init(D_IN, D_SAE, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="JumpReLUParams"):
+        SAE("jumprelu", params)
+    with pytest.raises(ValueError, match=r"needs its state \['threshold'\]"):
+        SAE("batchtopk", params, {"k": 3.0}, state={})
+    with pytest.raises(ValueError, match="unknown SAE architecture"):
+        SAE("nope", params)

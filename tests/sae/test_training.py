@@ -24,6 +24,7 @@ from superpos_jax.sae.training import (
 )
 from superpos_jax.engine.sweep import run_sweep
 from superpos_jax.engine.trainer import TrainState, instance_keys, make_trainer
+from superpos_jax.sae.model import SAE
 
 D_IN, D_SAE, N_GT = 16, 32, 24
 
@@ -84,15 +85,15 @@ def test_input_scale_makes_mean_square_norm_d_in(source):
 def test_prepare_warms_up_lambda_and_marks_dead(source):
     training = SAETraining("relu", D_IN, D_SAE, batch_size=8, l1_warmup_steps=4)
     task = sae_task(training, source)
-    extra = {"since_fired": jnp.zeros(D_SAE, jnp.int32), "threshold": jnp.float32(0), "resampled": jnp.int32(0),
+    extra = {"since_fired": jnp.zeros(D_SAE, jnp.int32), "arch": {}, "resampled": jnp.int32(0),
              "input_scale": jnp.float32(1)}
     state = TrainState(None, None, jnp.int32(1), jnp.zeros(2, jnp.uint32), extra)
-    hp = task.prepare({"l1_coefficient": jnp.float32(2.0)}, state)
+    hp = task.prepare({"l1_coefficient": jnp.float32(2.0)}, state, shared=source)
     np.testing.assert_allclose(float(hp["l1_coefficient"]), 2.0 * 2 / 4)
     topk = SAETraining("topk", D_IN, D_SAE, batch_size=8, dead_steps=3)
     since = jnp.asarray(np.arange(D_SAE) % 5, jnp.int32)
     state = TrainState(None, None, jnp.int32(0), jnp.zeros(2, jnp.uint32), {**extra, "since_fired": since})
-    hp = sae_task(topk, source).prepare({"k": jnp.float32(2)}, state)
+    hp = sae_task(topk, source).prepare({"k": jnp.float32(2)}, state, shared=source)
     np.testing.assert_array_equal(np.asarray(hp["dead"]), np.arange(D_SAE) % 5 >= 3)
 
 
@@ -119,12 +120,12 @@ def test_resampling_revives_dead_latents(source):
 
 def test_resample_sets_directions_and_resets_moments():
     key = jax.random.key(0)
-    params = sae.init_sae("relu", 6, 5, key=key)
+    params = sae.get("relu").init(6, 5, key=key)
     moments = jax.tree.map(lambda a: jnp.ones_like(a), params)
     dead = jnp.asarray([True, False, False, True, False])
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
     sq_err = jnp.asarray([0.0, 0.0, 2.0, 0.0], jnp.float32)  # only example 2 can be drawn
-    new, state = resample(params, {"mu": moments}, dead, x, sq_err, key=key)
+    new, state = resample(sae.get("relu"), params, {"mu": moments}, dead, x, sq_err, key=key)
     unit = np.asarray(x[2] / jnp.linalg.norm(x[2]))
     alive_norm = np.mean(np.linalg.norm(np.asarray(params.W_enc)[[1, 2, 4]], axis=1))
     for i in (0, 3):
@@ -141,12 +142,13 @@ def test_batchtopk_threshold_tracks_smallest_activation(source):
     hp = sae_hparams(training, k=[3])
     trainer = make_trainer(sae_task(training, source), recipe_optim(training, 30, 1e-3))
     state, _ = trainer.run(trainer.init(hp, instance_keys([0])), hp, 30)
-    theta = float(state.extra["threshold"][0])
+    theta = float(state.extra["arch"]["threshold"][0])
     assert theta > 0
     x = source.sample(jax.random.key(9), 4096)
     ev = batched_evaluate(training, state, x, hp)
     assert abs(float(ev["l0"][0]) - 3.0) < 1.0  # the inference JumpReLU keeps about k per example
-    no_threshold = eqx.tree_at(lambda s: s.extra["threshold"], state, jnp.zeros_like(state.extra["threshold"]))
+    no_threshold = eqx.tree_at(lambda s: s.extra["arch"]["threshold"], state,
+                               jnp.zeros_like(state.extra["arch"]["threshold"]))
     assert float(batched_evaluate(training, no_threshold, x, hp)["l0"][0]) > 2 * float(ev["l0"][0])
 
 
@@ -164,7 +166,7 @@ def test_geometric_median_closed_forms():
 
 
 def test_bad_inputs_fail_before_compiling(source):
-    with pytest.raises(ValueError, match="unknown SAE kind"):
+    with pytest.raises(ValueError, match="architecture"):
         SAETraining("nope", D_IN, D_SAE, batch_size=8)
     with pytest.raises(ValueError, match="AuxK"):
         SAETraining("topk", D_IN, D_SAE, batch_size=8, resample_every=10)
@@ -212,3 +214,58 @@ def test_resampling_stops_after_resample_until_and_jumprelu_threshold_init(sourc
     jr = SAETraining("jumprelu", D_IN, D_SAE, batch_size=8, jumprelu_threshold=0.1)
     params = make_trainer(sae_task(jr, source)).init(sae_hparams(jr, l1_coefficient=[0.1]), instance_keys([0])).params
     np.testing.assert_allclose(np.exp(np.asarray(params.log_threshold)), 0.1, rtol=1e-6)
+
+
+def test_resample_resets_every_per_latent_leaf_of_any_architecture():
+    """Gated: the magnitude path of a resampled latent is zeroed; for every architecture the
+    optimizer moments of its per-latent leaves (log θ, r_mag, ...) are reset, b_dec's kept."""
+    key = jax.random.key(0)
+    dead = jnp.asarray([True, False, False, True, False])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+    sq_err = jnp.ones(4, jnp.float32)
+    for kind in ("gated", "jumprelu"):
+        arch = sae.get(kind)
+        params = jax.tree.map(lambda a: a + 0.5, arch.init(6, 5, key=key))
+        moments = jax.tree.map(jnp.ones_like, params)
+        new, state = resample(arch, params, {"nu": moments}, dead, x, sq_err, key=key)
+        for name, axis in type(params).LATENT_AXES.items():
+            m = np.asarray(getattr(state["nu"], name))
+            if axis is None:
+                assert np.all(m == 1.0), name
+            else:
+                picked = np.take(m, np.flatnonzero(np.asarray(dead)), axis=axis)
+                kept = np.take(m, np.flatnonzero(~np.asarray(dead)), axis=axis)
+                assert np.all(picked == 0.0) and np.all(kept == 1.0), name
+        if kind == "gated":
+            np.testing.assert_array_equal(np.asarray(new.r_mag)[[0, 3]], 0.0)
+            np.testing.assert_array_equal(np.asarray(new.b_mag)[[0, 3]], 0.0)
+            np.testing.assert_array_equal(np.asarray(new.r_mag)[[1, 2, 4]], np.asarray(params.r_mag)[[1, 2, 4]])
+        else:  # the learned threshold itself is kept
+            np.testing.assert_array_equal(np.asarray(new.log_threshold), np.asarray(params.log_threshold))
+
+
+def test_recipe_must_suit_the_architecture_and_errors_name_the_field():
+    from superpos_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'recipe' = '2024'.*for topk"):
+        SAETraining("topk", D_IN, D_SAE, batch_size=8, recipe="2024")
+    with pytest.raises(ConfigError, match="'d_sae'"):
+        SAETraining("relu", D_IN, 0, batch_size=8)
+    with pytest.raises(ConfigError, match="'threshold_momentum'"):
+        SAETraining("batchtopk", D_IN, D_SAE, batch_size=8, threshold_momentum=0.0)
+    assert SAETraining("gated", D_IN, D_SAE, batch_size=8, recipe="2024").april_2024
+
+
+def test_sae_from_sweep_is_what_batched_evaluate_scores(source):
+    training = SAETraining("batchtopk", D_IN, D_SAE, batch_size=64)
+    hp = sae_hparams(training, k=[2, 4])
+    trainer = make_trainer(sae_task(training, source), recipe_optim(training, 20, 1e-3))
+    state, _ = trainer.run(trainer.init(hp, instance_keys([0, 1])), hp, 20)
+    x = source.sample(jax.random.key(4), 512)
+    ev = batched_evaluate(training, state, x, hp)
+    for i in range(2):
+        model = SAE.from_sweep(training, state, hp, i)
+        assert float(model.state["threshold"]) == float(state.extra["arch"]["threshold"][i]) > 0
+        f = np.asarray(model.encode(x))
+        np.testing.assert_allclose(np.mean(np.sum(f > 0, axis=1)), ev["l0"][i], rtol=1e-6)
+        np.testing.assert_array_equal(np.sum(f > 0, axis=0), ev["fired"][i])

@@ -1,0 +1,401 @@
+"""The `Architecture` interface of sparse autoencoders and the pieces architectures share.
+
+An architecture is one static object (a frozen dataclass singleton, registered by name in
+`superpos_jax.sae.architectures.registry`) whose methods are pure, single-instance functions:
+
+    init(d_in, d_sae, *, key, recipe, ...)  -> params        (its own params pytree)
+    encode(params, x, hp)                   -> f             (batch, d_sae)
+    decode(params, f)                       -> x̂             (batch, d_in)
+    loss(params, x, hp)                     -> (scalar, aux)
+    init_state(params) / after_update(...)  running state and in-loop edits (projection, thresholds)
+    encode_inference / inference_form       the form used after training (e.g. BatchTopK → JumpReLU)
+    to_saelens / from_saelens               the SAELens layout
+
+`hp` is a dict of per-instance hyperparameters that may all be traced (the engine vmaps these
+functions); missing keys take the architecture's `default_hparams`. `swept` names the one
+coefficient a sweep varies ("l1_coefficient" or "k").
+
+Conventions. Batches are rows: x has shape (batch, d_in), latents f have shape (batch, d_sae).
+Column i of W_dec (d_in, d_sae) is latent i's decoder direction; row i of W_enc (d_sae, d_in)
+is its encoder direction. The standard encoder first centres the input, x̄ = x − b_dec, and the
+standard decoder computes x̂ = f W_decᵀ + b_dec. Losses are sums over d_in / d_sae and means
+over the batch: recon = mean_b ‖x_b − x̂_b‖².
+
+Every params pytree names its per-latent leaves in `LATENT_AXES` (leaf name → the axis that
+indexes latents, or None): resampling and optimizer-moment resets use it, so they work for any
+architecture.
+
+Decoder-norm constraint (2023 recipe, TopK family): chain `unit_norm_decoder()` before the
+optimizer and let `after_update(..., unit_norm=True)` renormalise the columns after each update.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy.typing as npt
+import optax
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Scalar
+
+RECIPES: tuple[str, ...] = ("2023", "2024")
+TINY_THRESHOLD = 1e-30  # the smallest stored threshold: log θ stays finite at θ = 0
+
+
+class SAEParams(eqx.Module):
+    """The standard SAE parameters: a linear encoder with bias and a linear decoder with bias
+    (ReLU, TopK, BatchTopK)."""
+
+    LATENT_AXES: ClassVar[dict[str, int | None]] = {"W_enc": 0, "b_enc": 0, "W_dec": 1, "b_dec": None}
+
+    W_enc: Float[Array, "sae d_in"]
+    b_enc: Float[Array, " sae"]
+    W_dec: Float[Array, "d_in sae"]
+    b_dec: Float[Array, " d_in"]
+
+
+def _hp(hp: Mapping[str, Any], defaults: Mapping[str, float], name: str, like: Array) -> Array:
+    if name in hp:
+        value = hp[name]
+    elif name in defaults:
+        value = defaults[name]
+    else:
+        raise KeyError(f"SAE hyperparameter {name!r} is required")
+    return jnp.asarray(value).astype(like.dtype)
+
+
+def initial_decoder(
+    d_in: int, d_sae: int, *, key: PRNGKeyArray, recipe: str, decoder_norm: float | int
+) -> Float[Array, "d_in sae"]:
+    """Random decoder columns of unit norm (recipe "2023") or of norm `decoder_norm` ("2024")."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    if d_in < 1 or d_sae < 1:
+        raise ValueError(f"d_in and d_sae must be >= 1, got d_in={d_in}, d_sae={d_sae}")
+    W = jax.random.normal(key, (d_in, d_sae), jnp.float32)
+    W = W / jnp.linalg.norm(W, axis=0, keepdims=True)
+    return decoder_norm * W if recipe == "2024" else W
+
+
+def initial_bias(b_dec: npt.ArrayLike | None, d_in: int) -> Float[Array, " d_in"]:
+    """b_dec as given (e.g. the geometric median of the data), or zero."""
+    bias = jnp.zeros(d_in, jnp.float32) if b_dec is None else jnp.asarray(b_dec, jnp.float32)
+    if bias.shape != (d_in,):
+        raise ValueError(f"b_dec has shape {bias.shape}; expected ({d_in},)")
+    return bias
+
+
+def pre_activations(params: Any, x: Float[Array, "batch d_in"]) -> Float[Array, "batch sae"]:
+    """z = (x − b_dec) W_encᵀ + b_enc."""
+    return (x - params.b_dec[None, :]) @ params.W_enc.T + params.b_enc[None, :]
+
+
+def linear_decode(params: Any, f: Float[Array, "batch sae"]) -> Float[Array, "batch d_in"]:
+    """x̂ = f W_decᵀ + b_dec."""
+    return f @ params.W_dec.T + params.b_dec[None, :]
+
+
+def _order_key(z: Array) -> Array:
+    """float32 → uint32, monotone: a < b iff key(a) < key(b) (for non-NaN values)."""
+    u = jax.lax.bitcast_convert_type(z.astype(jnp.float32), jnp.uint32)
+    return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(0x80000000))
+
+
+def rank_mask(z: Array, k: ArrayLike | float | int) -> Array:
+    """True at the k largest entries of each row of z (every entry tied with the k-th is
+    kept too); k may be traced. The k-th largest value is found exactly by bisection on the
+    values' order-preserving integer keys: 32 counting passes, O(32·size), no sort (a sort of
+    each row is ~30× slower on CPU)."""
+    key = _order_key(z)
+    k = jnp.asarray(k).astype(jnp.int32)
+    lo = jnp.zeros(z.shape[:-1] + (1,), jnp.uint32)  # invariant: count(key >= lo) >= k
+    hi = jnp.full(z.shape[:-1] + (1,), 0xFFFFFFFF, jnp.uint32)
+
+    def halve(_: Any, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bounds
+        mid = lo + ((hi - lo) >> 1) + ((hi - lo) & 1)
+        ok = jnp.sum(key >= mid, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - jnp.uint32(1))
+
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return (key >= lo) & (k > 0)
+
+
+def reconstruction_error(x: Array, x_hat: Array) -> Scalar:
+    """mean_b ‖x_b − x̂_b‖²."""
+    return jnp.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
+
+
+def weighted_l1(params: Any, f: Array, flag: Array) -> Scalar:
+    """mean_b Σ_i |f_i| w_i with w_i = ‖W_dec,i‖ where `flag` > 0, else 1."""
+    weight = jnp.where(flag > 0, jnp.linalg.norm(params.W_dec, axis=0), 1.0)
+    return jnp.mean(jnp.sum(jnp.abs(f) * weight[None, :], axis=-1))
+
+
+def loss_terms(x: Array, x_hat: Array, f: Array, **scalars: Array) -> dict[str, Array]:
+    """The loss's aux dict: its scalar terms, `l0`, and for the training loop the latents `f`
+    (batch, d_sae) and each example's squared error `sq_err` (batch,) (gradient-stopped)."""
+    sq_err = jax.lax.stop_gradient(jnp.sum(jnp.square(x - x_hat), axis=-1))
+    l0 = jnp.mean(jnp.sum((f != 0).astype(f.dtype), axis=-1))
+    return {**scalars, "l0": l0, "f": jax.lax.stop_gradient(f), "sq_err": sq_err}
+
+
+def auxk_loss(
+    params: Any, z: Float[Array, "batch sae"], residual: Float[Array, "batch d_in"], hp: Mapping[str, Any]
+) -> Scalar:
+    """AuxK (Gao et al., 2024): ‖e − ê‖², ê = W_dec ReLU(TopK_{k_aux}(z over dead latents)),
+    with e the (gradient-stopped) residual x − x̂. Only dead latents' encoder rows, b_enc entries
+    and decoder columns (and b_dec through z) receive gradient; zero when no latent is dead
+    (`hp["dead"]`, a (d_sae,) bool mask; without it the term is zero). `hp["k_aux"]` defaults
+    to d_in // 2."""
+    if "dead" not in hp:
+        return jnp.zeros((), z.dtype)
+    dead = jnp.broadcast_to(jnp.asarray(hp["dead"]).astype(bool)[None, :], z.shape)
+    k_aux = hp.get("k_aux", residual.shape[-1] // 2)
+    masked = jnp.where(dead, z, -jnp.inf)
+    f_aux = jnp.where(rank_mask(masked, k_aux) & dead, jax.nn.relu(z), 0.0)
+    e = jax.lax.stop_gradient(residual)
+    aux = jnp.mean(jnp.sum(jnp.square(e - f_aux @ params.W_dec.T), axis=-1))
+    return jnp.where(jnp.any(dead), aux, 0.0)
+
+
+def unit_norm_decoder() -> optax.GradientTransformation:
+    """Removes from the W_dec gradient the component parallel to each decoder column,
+    g_i ← g_i − (g_i·w_i / ‖w_i‖²) w_i. Chain it before the optimizer; `params` (any
+    architecture's params, possibly filtered to arrays) must be passed to `update`."""
+
+    def init(params: PyTree) -> optax.EmptyState:
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any | None = None) -> tuple[Any, optax.EmptyState]:
+        if params is None:
+            raise ValueError("unit_norm_decoder needs the current params in update()")
+        W, g = params.W_dec, updates.W_dec
+        coef = jnp.sum(W * g, axis=0) / jnp.sum(jnp.square(W), axis=0)
+        return eqx.tree_at(lambda u: u.W_dec, updates, g - coef[None, :] * W), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def project_decoder(params: Any) -> Any:
+    """Renormalises every decoder column to unit norm."""
+    W = params.W_dec
+    return eqx.tree_at(lambda p: p.W_dec, params, W / jnp.linalg.norm(W, axis=0, keepdims=True))
+
+
+def reset_latents(node: Any, dead: Bool[Array, " sae"]) -> Any:
+    """`node` (a params-shaped pytree, e.g. an Adam moment) with every per-latent entry of the
+    `dead` latents set to zero (leaves per `LATENT_AXES`; others unchanged)."""
+    changes = {}
+    for name, axis in type(node).LATENT_AXES.items():
+        leaf = getattr(node, name)
+        if axis is None or leaf is None:
+            continue
+        mask = dead if leaf.ndim == 1 else (dead[:, None] if axis == 0 else dead[None, :])
+        changes[name] = jnp.where(mask, jnp.zeros((), leaf.dtype), leaf)
+    return dataclasses.replace(node, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture(abc.ABC):
+    """One SAE architecture (see the module docstring). Subclasses are frozen dataclasses
+    without fields, so an instance is a hashable singleton usable as a static field.
+
+    Class attributes:
+        name: the registry name.
+        swept: the hyperparameter a sweep varies ("l1_coefficient" or "k").
+        default_hparams: values of optional hyperparameters missing from `hp`.
+        recipes: the training recipes it supports ("2023"; "2024" for the April-2024 update;
+            `init` itself accepts either, the recipe only choosing the decoder norm).
+        auxk: dead latents are handled by AuxK (no resampling).
+        saelens_architecture: its SAELens name, or None when it is saved in its inference form.
+        params_type: the class of its params pytree.
+    """
+
+    name: ClassVar[str]
+    swept: ClassVar[str]
+    default_hparams: ClassVar[Mapping[str, float]] = {}
+    recipes: ClassVar[tuple[str, ...]] = ("2023",)
+    auxk: ClassVar[bool] = False
+    saelens_architecture: ClassVar[str | None]
+    params_type: ClassVar[type] = SAEParams
+
+    # ------------------------------------------------------------------ parameters
+
+    def init(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        key: PRNGKeyArray,
+        recipe: str = "2023",
+        b_dec: npt.ArrayLike | None = None,
+        decoder_norm: float | int = 0.1,
+        threshold: float | int = 0.001,
+    ) -> Any:
+        """Initial parameters of one SAE.
+
+        Decoder columns are random directions, of unit norm for recipe "2023" and of norm
+        `decoder_norm` (~0.1) for recipe "2024"; W_enc = W_decᵀ; b_enc is zero; b_dec is
+        zero unless given (e.g. the geometric median of the data). `threshold` is the initial
+        threshold of architectures that learn one (others ignore it).
+        """
+        W = initial_decoder(d_in, d_sae, key=key, recipe=recipe, decoder_norm=decoder_norm)
+        return self.params_type(
+            W_enc=W.T, b_enc=jnp.zeros(d_sae, jnp.float32), W_dec=W, b_dec=initial_bias(b_dec, d_in),
+            **self.initial_extra_leaves(d_sae, threshold=threshold),
+        )
+
+    def initial_extra_leaves(self, d_sae: int, *, threshold: float | int) -> dict[str, Array]:
+        """The initial values of the leaves of `params_type` beyond W_enc, b_enc, W_dec, b_dec
+        (none for the standard SAE)."""
+        return {}
+
+    def d_in(self, params: Any) -> int:
+        """Input dimension."""
+        return int(params.W_enc.shape[-1])
+
+    def d_sae(self, params: Any) -> int:
+        """Number of latents."""
+        return int(params.W_enc.shape[-2])
+
+    def hparam(self, hp: Mapping[str, Any], name: str, like: Array) -> Array:
+        """`hp[name]` (or the default) in the dtype of `like`."""
+        return _hp(hp, self.default_hparams, name, like)
+
+    # ------------------------------------------------------------------ the forward pass
+
+    def pre_activations(self, params: Any, x: Float[Array, "batch d_in"]) -> Float[Array, "batch sae"]:
+        """z = (x − b_dec) W_encᵀ + b_enc."""
+        return pre_activations(params, x)
+
+    @abc.abstractmethod
+    def encode(self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]) -> Float[Array, "batch sae"]:
+        """Latents f of a batch, as in training."""
+
+    def decode(self, params: Any, f: Float[Array, "batch sae"]) -> Float[Array, "batch d_in"]:
+        """x̂ = f W_decᵀ + b_dec."""
+        return linear_decode(params, f)
+
+    @abc.abstractmethod
+    def loss(
+        self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]
+    ) -> tuple[Scalar, dict[str, Array]]:
+        """Training loss and a dict of its terms (`recon`, `l0`, ..., plus the latents `f` and
+        per-example squared errors `sq_err` for the training loop)."""
+
+    # ------------------------------------------------------------------ training state
+
+    def init_state(self, params: Any) -> dict[str, Array]:
+        """Running state kept beside the parameters (e.g. an inference threshold); {} by default."""
+        return {}
+
+    def after_update(
+        self, params: Any, state: dict[str, Array], aux: Mapping[str, Array], hp: Mapping[str, Any], *, unit_norm: bool
+    ) -> tuple[Any, dict[str, Array]]:
+        """The in-loop edit after each optimizer update: decoder columns renormalised when
+        `unit_norm`, running state updated from the step's `aux` (the loss's aux dict)."""
+        return (project_decoder(params) if unit_norm else params), state
+
+    def resample(
+        self,
+        params: Any,
+        dead: Bool[Array, " sae"],
+        directions: Float[Array, "sae d_in"],
+        encoder_norm: Float[ArrayLike, ""],
+    ) -> Any:
+        """Params with each dead latent i re-initialised towards `directions[i]` (a unit input
+        direction): decoder column = direction, encoder row = `encoder_norm` · direction, its
+        encoder bias 0 (Anthropic, 2023)."""
+        return dataclasses.replace(
+            params,
+            W_enc=jnp.where(dead[:, None], encoder_norm * directions, params.W_enc),
+            b_enc=jnp.where(dead, 0.0, params.b_enc),
+            W_dec=jnp.where(dead[None, :], directions.T, params.W_dec),
+        )
+
+    # ------------------------------------------------------------------ after training
+
+    def encode_inference(
+        self, params: Any, state: Mapping[str, Array], x: Float[Array, "batch d_in"], hp: Mapping[str, Any]
+    ) -> Float[Array, "batch sae"]:
+        """Latents as used after training (each row encoded independently); `encode` by default."""
+        return self.encode(params, x, hp)
+
+    def inference_form(
+        self, params: Any, state: Mapping[str, Array], hp: Mapping[str, Any]
+    ) -> tuple[Architecture, Any, dict[str, Array], dict[str, Any]]:
+        """`(architecture, params, state, hparams)` of the architecture this one is used as
+        after training (itself by default; BatchTopK becomes a JumpReLU)."""
+        return self, params, dict(state), dict(hp)
+
+    def fold_input_scale(self, params: Any, scale: Float[ArrayLike, ""]) -> Any:
+        """Params acting on raw activations x of an SAE trained on s·x: W_enc·s, W_dec/s, b_dec/s
+        (exact: the pre-activations are unchanged, x̂ is divided by s)."""
+        s = jnp.asarray(scale, jnp.float32)
+        return dataclasses.replace(params, W_enc=params.W_enc * s, W_dec=params.W_dec / s, b_dec=params.b_dec / s)
+
+    # ------------------------------------------------------------------ SAELens
+
+    def to_saelens(self, params: Any, hp: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """`(weights, cfg fields)` in the SAELens naming of `interop.saelens` (our orientation):
+        W_enc, b_enc, W_dec, b_dec by default; params of an architecture that is its own
+        inference form."""
+        return {name: np.asarray(getattr(params, name), np.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}, {}
+
+    def from_saelens(self, weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """`(params, hparams)` from SAELens weights (our orientation) and cfg."""
+        return SAEParams(**{name: jnp.asarray(weights[name], jnp.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}), {}
+
+    # ------------------------------------------------------------------ the swept coefficient
+
+    def check_swept(self, values: np.ndarray, d_sae: int) -> None:
+        """Raises a ValueError naming `swept` unless every value is allowed."""
+        if self.swept == "k":
+            if np.any(~np.isfinite(values)) or np.any(values < 1) or np.any(values > d_sae):
+                raise ValueError(f"k must be in [1, d_sae={d_sae}], got {values.tolist()}")
+        elif np.any(~np.isfinite(values)) or np.any(values < 0):
+            raise ValueError(f"{self.swept} must be finite and >= 0, got {values.tolist()}")
+
+
+class L1Architecture(Architecture):
+    """An architecture whose sparsity is a penalty with coefficient λ (`l1_coefficient`);
+    dead latents are resampled."""
+
+    swept: ClassVar[str] = "l1_coefficient"
+
+
+class KSparseArchitecture(Architecture):
+    """An architecture that keeps k latents (`k`, may be traced and differ per instance), with
+    AuxK for dead latents (`dead`, `k_aux`, `auxk_coefficient` α)."""
+
+    swept: ClassVar[str] = "k"
+    auxk: ClassVar[bool] = True
+    default_hparams: ClassVar[Mapping[str, float]] = {"auxk_coefficient": 1.0 / 32.0}
+
+    def keep(self, z: Float[Array, "batch sae"], hp: Mapping[str, Any]) -> Bool[Array, "batch sae"]:
+        """Which pre-activations are kept."""
+        raise NotImplementedError
+
+    def encode(self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]) -> Float[Array, "batch sae"]:
+        """f = ReLU(z) where kept, 0 elsewhere."""
+        z = pre_activations(params, x)
+        return jnp.where(self.keep(z, hp), jax.nn.relu(z), 0.0)
+
+    def loss(
+        self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]
+    ) -> tuple[Scalar, dict[str, Array]]:
+        """recon + α·AuxK."""
+        f = self.encode(params, x, hp)
+        z = pre_activations(params, x)  # AuxK's own path: its gradient joins after the matmul, as it always has
+        x_hat = linear_decode(params, f)
+        recon = reconstruction_error(x, x_hat)
+        aux = auxk_loss(params, z, x - x_hat, hp)
+        total = recon + self.hparam(hp, "auxk_coefficient", x) * aux
+        return total, loss_terms(x, x_hat, f, recon=recon, auxk=aux)
