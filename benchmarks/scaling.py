@@ -139,12 +139,10 @@ def table(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from superpos_jax import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = plots.base.new_figure((15, 4.2))
+    axes = fig.subplots(1, 3)
     for (n, m), marker in (((2, 1), "o"), ((20, 5), "s")):
         pts = sorted(
             (r for r in rows if (r["n"], r["m"]) == (n, m) and r["series"] == "instances"
@@ -176,8 +174,7 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def cpu_name() -> str:

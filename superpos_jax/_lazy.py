@@ -1,12 +1,13 @@
 """Lazy re-exports for package `__init__` modules: a submodule is imported on first use.
 
 `import superpos_jax` (or one family) then costs only what it names, and heavy dependencies
-(pyplot, orbax, tensorstore) load when the code that needs them runs.
+(jax, matplotlib, orbax, tensorstore) load when the code that needs them runs.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,13 +21,26 @@ def attach(
         package: the package's `__name__`.
         exports: submodule (relative, dotted) -> the names it provides at package level. Each
             undotted submodule is exported under its own name as well.
+
+    Returns:
+        The module-level `__getattr__` (imports the providing submodule on first access and
+        caches the value on the package), `__dir__`, and the sorted `__all__`.
+
+    Raises:
+        ValueError: a name is exported twice.
     """
     where: dict[str, tuple[str, str | None]] = {}
+
+    def add(name: str, source: tuple[str, str | None]) -> None:
+        if name in where:
+            raise ValueError(f"{package}: {name!r} is exported by both {where[name][0]!r} and {source[0]!r}")
+        where[name] = source
+
     for sub, names in exports.items():
         if "." not in sub:
-            where[sub] = (sub, None)
+            add(sub, (sub, None))
         for name in names:
-            where[name] = (sub, name)
+            add(name, (sub, name))
 
     def __getattr__(name: str) -> Any:
         if name not in where:
@@ -34,8 +48,6 @@ def attach(
         sub, attr = where[name]
         module = importlib.import_module(f"{package}.{sub}")
         value = module if attr is None else getattr(module, attr)
-        import sys
-
         setattr(sys.modules[package], name, value)
         return value
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from superpos_jax.plots.base import plt, save
+from superpos_jax.plots.base import new_figure
 
 MODEL_COLOURS = {"linear": "#4c72b0", "relu": "#dd4444", "relu-hidden": "#55a868"}
 
 
-def _band(ax, x: np.ndarray, values: np.ndarray, usable: np.ndarray, colour: str, label: str, style: str = "-") -> None:
+def _band(ax: Axes, x: np.ndarray, values: np.ndarray, usable: np.ndarray, colour: str, label: str, style: str = "-") -> None:
     """Mean over seeds as a line with markers, the seeds' min–max as a band. values: (prob, seed)."""
     masked = np.where(usable, values, np.nan)
     with np.errstate(all="ignore"):
@@ -27,12 +28,11 @@ def vulnerability_figure(
     model_names: Sequence[str],
     vulnerability: np.ndarray,
     features_per_dimension: np.ndarray,
-    path: str | Path,
     *,
     relative_increase: np.ndarray | None = None,
     usable: np.ndarray | None = None,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """Vulnerability against 1/(1 − S) (log) beside features per dimension against 1/(1 − S);
     below, the relative loss increase (when given) and vulnerability against features per
     dimension for every model and seed.
@@ -41,7 +41,6 @@ def vulnerability_figure(
         feature_probabilities: 1 − S per column, length P.
         model_names: one per row of the arrays, length M.
         vulnerability, features_per_dimension: shape (M, P, seed).
-        path: output PNG.
         relative_increase: optional (M, P, seed) attacked / clean loss − 1.
         usable: optional (M, P, seed) bools; False entries (non-finite runs) are left out.
     """
@@ -49,7 +48,8 @@ def vulnerability_figure(
     features_per_dimension = np.asarray(features_per_dimension, np.float64)
     usable = np.ones(vulnerability.shape, bool) if usable is None else np.asarray(usable, bool)
     x = 1.0 / np.asarray(feature_probabilities, np.float64)
-    fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.6), constrained_layout=True)
+    fig = new_figure((10.5, 7.6), constrained=True)
+    axes = fig.subplots(2, 2)
     a_vul, a_fpd, a_rel, a_sc = axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]
     for r, name in enumerate(model_names):
         colour = MODEL_COLOURS.get(name, f"C{r}")
@@ -83,4 +83,4 @@ def vulnerability_figure(
     a_sc.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig

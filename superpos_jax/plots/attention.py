@@ -4,19 +4,19 @@ attention patterns of chosen heads on one repeated sequence."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from superpos_jax.plots.base import save
+from superpos_jax.plots.base import colormap, new_figure
 
 LAYER_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
 
 
-def _mark(ax: plt.Axes, steps: Sequence[float | int | None], colours: Sequence[Any]) -> None:
+def _mark(ax: Axes, steps: Sequence[float | int | None], colours: Sequence[Any]) -> None:
     for step, colour in zip(steps, colours):
         if step is not None:
             ax.axvline(float(step), color=colour, ls="--", lw=0.8, alpha=0.7)
@@ -27,12 +27,11 @@ def phase_change_loss_figure(
     total: npt.ArrayLike,
     first: npt.ArrayLike,
     repeat: npt.ArrayLike,
-    path: str | Path,
     *,
     phase_steps: Sequence[float | int | None] = (),
     chance: float | None = None,
     title: str = "",
-) -> Path:
+) -> Figure:
     """Training loss, first-half loss and repeat loss against step, one colour per seed.
 
     Args:
@@ -46,8 +45,9 @@ def phase_change_loss_figure(
     panels = (("training loss (all positions)", total), ("first half (unpredictable)", first),
               ("repeat (predictable by copying)", repeat))
     n_seeds = np.shape(total)[0]
-    colours = [plt.get_cmap("viridis")(x) for x in np.linspace(0.0, 0.85, n_seeds)]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True, constrained_layout=True)
+    colours = [colormap("viridis")(x) for x in np.linspace(0.0, 0.85, n_seeds)]
+    fig = new_figure((13, 3.8), constrained=True)
+    axes = fig.subplots(1, 3, sharey=True)
     for ax, (label, values) in zip(axes, panels):
         for s in range(n_seeds):
             ax.plot(steps, np.asarray(values)[s], color=colours[s], lw=1.2, label=f"seed {s}")
@@ -60,7 +60,7 @@ def phase_change_loss_figure(
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig
 
 
 def score_trajectories_figure(
@@ -68,11 +68,10 @@ def score_trajectories_figure(
     induction: npt.ArrayLike,
     previous: npt.ArrayLike,
     repeat: npt.ArrayLike,
-    path: str | Path,
     *,
     phase_steps: Sequence[float | int | None] = (),
     title: str = "",
-) -> Path:
+) -> Figure:
     """Per-head induction and previous-token scores over training, one column per seed.
 
     Args:
@@ -85,8 +84,8 @@ def score_trajectories_figure(
     steps = np.asarray(steps)
     induction, previous, repeat = np.asarray(induction), np.asarray(previous), np.asarray(repeat)
     n_seeds, _, n_layers, n_heads = induction.shape
-    fig, axes = plt.subplots(3, n_seeds, figsize=(4.2 * n_seeds, 7.5), sharex=True, squeeze=False,
-                             constrained_layout=True)
+    fig = new_figure((4.2 * n_seeds, 7.5), constrained=True)
+    axes = fig.subplots(3, n_seeds, sharex=True, squeeze=False)
     for s in range(n_seeds):
         for row, (name, values) in enumerate((("induction score", induction), ("previous-token score", previous))):
             ax = axes[row, s]
@@ -109,17 +108,16 @@ def score_trajectories_figure(
     axes[0, 0].legend(fontsize=7, loc="upper left")
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig
 
 
 def attention_patterns_figure(
     tokens: npt.ArrayLike,
     patterns: Sequence[npt.ArrayLike],
     labels: Sequence[str],
-    path: str | Path,
     *,
     title: str = "",
-) -> Path:
+) -> Figure:
     """Heatmaps of attention patterns (query rows, key columns) on one sequence.
 
     Args:
@@ -129,7 +127,8 @@ def attention_patterns_figure(
     """
     tokens = np.asarray(tokens)
     n = len(patterns)
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 5.0), squeeze=False, constrained_layout=True)
+    fig = new_figure((5.2 * n, 5.0), constrained=True)
+    axes = fig.subplots(1, n, squeeze=False)
     ticks = np.arange(tokens.shape[0])
     for ax, pattern, label in zip(axes[0], patterns, labels):
         im = ax.imshow(np.asarray(pattern), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -141,4 +140,4 @@ def attention_patterns_figure(
         fig.colorbar(im, ax=ax, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig

@@ -9,12 +9,12 @@ end show up.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib import gridspec
+from matplotlib.figure import Figure
 
-from superpos_jax.plots.base import plt, save
+from superpos_jax.plots.base import colormap, new_figure
 from superpos_jax.plots.geometry import label_levels
 
 
@@ -24,11 +24,10 @@ def dynamics_figure(
     losses: np.ndarray,
     titles: Sequence[Sequence[str]],
     fractions: Sequence[float],
-    path: str | Path,
     *,
-    jumps: Sequence[Sequence[Sequence[float]]] | None = None,
+    jumps: Sequence[Sequence[Sequence[float | int]]] | None = None,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """Feature dimensionalities and loss over training for a grid of shown models.
 
     Args:
@@ -37,7 +36,6 @@ def dynamics_figure(
         losses: mean loss per window, shape (rows, cols, window).
         titles: a title per shown model, rows × cols.
         fractions: D values to mark with horizontal guide lines (labelled at the right).
-        path: output PNG path.
         jumps: optional, per shown model (rows × cols) the steps at which jumps were detected;
             each is marked by a small triangle on the top edge of its D panel.
     """
@@ -46,10 +44,10 @@ def dynamics_figure(
     L = np.asarray(losses, np.float64)
     rows, cols, _, n_features = D.shape
     width, height = 4.2 * cols + 1.2, 4.4 * rows + (0.8 if title else 0.2)
-    fig = plt.figure(figsize=(width, height))
+    fig = new_figure((width, height))
     outer = gridspec.GridSpec(rows, cols, figure=fig, hspace=0.35, wspace=0.28, left=0.85 / width,
                               right=1 - 0.45 / width, top=1 - (0.95 if title else 0.3) / height, bottom=0.5 / height)
-    colours = plt.get_cmap("tab20" if n_features <= 20 else "turbo")(np.linspace(0, 1, n_features, endpoint=n_features > 20))
+    colours = colormap("tab20" if n_features <= 20 else "turbo")(np.linspace(0, 1, n_features, endpoint=n_features > 20))
     for r in range(rows):
         for c in range(cols):
             inner = gridspec.GridSpecFromSubplotSpec(2, 1, subplot_spec=outer[r, c], height_ratios=[2.2, 1], hspace=0.06)
@@ -78,4 +76,4 @@ def dynamics_figure(
                 ax_l.set_xlabel("training step", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig

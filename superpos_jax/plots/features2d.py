@@ -4,13 +4,14 @@ origin of the hidden plane, optionally with WᵀW under each diagram."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib import cm, colors
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from superpos_jax.plots.base import plt, save
+from superpos_jax.plots.base import colormap, new_figure
+from superpos_jax.toy.geometry import project_to_plane
 
 
 _IMPORTANCE_CMAP = "viridis_r"
@@ -19,7 +20,7 @@ _IMPORTANCE_CMAP = "viridis_r"
 def importance_colors(importance: np.ndarray) -> np.ndarray:
     """RGBA colours (n_features, 4) by importance: dark = most important, light = least."""
     importance = np.asarray(importance, np.float64)
-    return plt.get_cmap(_IMPORTANCE_CMAP)(_importance_norm(importance)(importance))
+    return colormap(_IMPORTANCE_CMAP)(_importance_norm(importance)(importance))
 
 
 def _importance_norm(importance: np.ndarray) -> colors.Normalize:
@@ -31,20 +32,7 @@ def _importance_norm(importance: np.ndarray) -> colors.Normalize:
 
 def pair_colors(n_features: int, cmap: str = "tab10") -> np.ndarray:
     """RGBA colours (n_features, 4): features 2k and 2k+1 share colour k."""
-    return plt.get_cmap(cmap)(np.arange(n_features) // 2 % 10)
-
-
-def project_to_plane(W: np.ndarray) -> tuple[np.ndarray, bool]:
-    """W (d_hidden, n_features) as 2-D points: itself when d_hidden = 2 (zero-padded when 1),
-    else its coordinates in the plane of its two leading left singular vectors.
-    Returns (points (2, n_features), whether it was projected)."""
-    W = np.asarray(W, np.float64)
-    if W.shape[0] == 2:
-        return W, False
-    if W.shape[0] == 1:
-        return np.concatenate([W, np.zeros_like(W)]), False
-    u, _, _ = np.linalg.svd(W, full_matrices=False)
-    return u[:, :2].T @ W, True
+    return colormap(cmap)(np.arange(n_features) // 2 % 10)
 
 
 def _tip_groups(points: np.ndarray, radius: float = 0.12) -> list[np.ndarray]:
@@ -61,7 +49,6 @@ def _tip_groups(points: np.ndarray, radius: float = 0.12) -> list[np.ndarray]:
 
 def feature_diagrams(
     weights: np.ndarray,
-    path: str | Path,
     *,
     colors_: np.ndarray | None = None,
     linestyles: Sequence[Sequence[str]] | None = None,
@@ -74,7 +61,7 @@ def feature_diagrams(
     importance: np.ndarray | None = None,
     legend: Sequence[tuple[str, object, str]] | None = None,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """A grid of 2-D feature diagrams (the paper's pictures of superposition geometry).
 
     Panel (r, c) shows the hidden plane with a faint unit circle; feature i is a line from
@@ -84,7 +71,6 @@ def feature_diagrams(
     Args:
         weights: W of shape (rows, cols, d_hidden, n_features); d_hidden > 2 is shown in
             the plane of W's two leading singular directions (noted in the panel).
-        path: output PNG path.
         colors_: RGBA per feature, (n_features, 4) or per row (rows, n_features, 4);
             default: by `importance` if given, else by feature index.
         linestyles: per row, per feature matplotlib line styles (default solid).
@@ -102,7 +88,7 @@ def feature_diagrams(
     weights = np.asarray(weights, np.float64)
     n_rows, n_cols, _, n_features = weights.shape
     if colors_ is None:
-        colors_ = importance_colors(importance) if importance is not None else plt.get_cmap("tab10")(np.arange(n_features) % 10)
+        colors_ = importance_colors(importance) if importance is not None else colormap("tab10")(np.arange(n_features) % 10)
     colors_ = np.broadcast_to(np.asarray(colors_), (n_rows, n_features, 4))
     mask = np.ones(n_features, bool) if mask is None else np.asarray(mask, bool)
     mask = np.broadcast_to(mask, (n_rows, n_features))
@@ -116,7 +102,7 @@ def feature_diagrams(
     legend_cols = max(1, min(len(legend or ()), int(width // 2.4)))
     foot = 0.15 + 0.22 * -(-len(legend) // legend_cols) if legend else 0.12
     height = head + foot + row_h * n_rows - 0.75
-    fig = plt.figure(figsize=(width, height))
+    fig = new_figure((width, height))
     outer = fig.add_gridspec(
         n_rows, n_cols, left=(0.5 if row_labels else 0.15) / width,
         right=1 - right / width,
@@ -194,4 +180,4 @@ def feature_diagrams(
                    fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
-    return save(fig, path)
+    return fig

@@ -9,22 +9,17 @@ antiprism).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from superpos_jax.plots.base import plt, save
-
-
-def fraction_label(value: float) -> str:
-    """`0.6667 -> "2/3"`, `1.0 -> "1"`: the small fraction nearest to `value`."""
-    f = Fraction(float(value)).limit_denominator(12)
-    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
+from superpos_jax.plots.base import new_figure
+from superpos_jax.toy.geometry import fraction_label
+from superpos_jax.toy.metrics import REPRESENTED_NORM
 
 
-def label_levels(ax: Axes, levels: Sequence[float], gap: float = 0.035, fontsize: float = 9) -> None:
+def label_levels(ax: Axes, levels: Sequence[float], gap: float = 0.035, fontsize: float | int = 9) -> None:
     """Label horizontal guide lines at `levels` (data y) just outside the right edge of `ax`
     with their fractions, nudging labels closer than `gap` apart."""
     placed: list[float] = []
@@ -41,13 +36,12 @@ def geometry_figure(
     dims_per_feature: np.ndarray,
     dimensionality: np.ndarray,
     fractions: Sequence[float],
-    path: str | Path,
     *,
     represented: np.ndarray | None = None,
-    threshold: float = 0.5,
+    threshold: float = REPRESENTED_NORM,
     title: str | None = None,
     seed: int = 0,
-) -> Path:
+) -> Figure:
     """The paper's feature-dimensionality figure, two panels sharing the x axis 1/(1 − S).
 
     Args:
@@ -60,17 +54,14 @@ def geometry_figure(
         fractions: the fractions to mark in the bottom panel.
         represented: optional bool mask like `dimensionality` (‖W_i‖ > `threshold`); when
             given, represented features are drawn in blue and the others in grey.
-        path: output PNG path.
         seed: seed of the jitter (the figure is deterministic).
     """
     p = np.asarray(feature_probabilities, np.float64)
     dpf = np.asarray(dims_per_feature, np.float64)
     D = np.asarray(dimensionality, np.float64)
     x = 1.0 / p
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(8, 7.5), sharex=True, gridspec_kw={"height_ratios": [1, 1.5]},
-        constrained_layout=True,
-    )
+    fig = new_figure((8, 7.5), constrained=True)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.5]})
     for level in (1.0, 0.5):
         top.axhline(level, color="0.6", lw=1, ls="--", zorder=0)
     label_levels(top, (1.0, 0.5))
@@ -102,4 +93,4 @@ def geometry_figure(
     bottom.set_xlim(x.min() / 1.1, x.max() * 1.1)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig

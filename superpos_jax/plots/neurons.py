@@ -10,15 +10,16 @@ A polysemantic neuron is one bar with several colours.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+from matplotlib import cm
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from superpos_jax.plots.base import plt, save
+from superpos_jax.plots.base import colormap, new_figure
 
 POLY_SHADE = "#fde7c8"
 
@@ -27,10 +28,10 @@ def feature_colours(n_features: int) -> np.ndarray:
     """One RGBA colour per feature, shape (n_features, 4): categorical up to 20 features,
     otherwise a continuous map in feature (importance) order."""
     if n_features <= 10:
-        return plt.get_cmap("tab10")(np.arange(n_features))
+        return colormap("tab10")(np.arange(n_features))
     if n_features <= 20:
-        return plt.get_cmap("tab20")(np.arange(n_features))
-    return plt.get_cmap("turbo")(np.linspace(0.05, 0.95, n_features))
+        return colormap("tab20")(np.arange(n_features))
+    return colormap("turbo")(np.linspace(0.05, 0.95, n_features))
 
 
 def neuron_order(W: np.ndarray, alive_threshold: float = 0.0) -> np.ndarray:
@@ -115,21 +116,21 @@ def neuron_stack(
     ax.tick_params(axis="y", labelsize=7)
 
 
-def _heatmap_colourbar(fig: plt.Figure, ax: Axes, vmax: float) -> None:
+def _heatmap_colourbar(fig: Figure, ax: Axes, vmax: float) -> None:
     """A thin colour bar just right of `ax`, without shrinking it."""
     pos = ax.get_position()
     cax = fig.add_axes((pos.x1 + 0.008, pos.y0, 0.007, pos.height))
-    sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(-vmax, vmax), cmap="RdBu")
+    sm = cm.ScalarMappable(norm=mcolors.Normalize(-vmax, vmax), cmap="RdBu")
     fig.colorbar(sm, cax=cax).ax.tick_params(labelsize=7)
 
 
-def _feature_legend(fig: plt.Figure, n_features: int, colours: np.ndarray) -> None:
+def _feature_legend(fig: Figure, n_features: int, colours: np.ndarray) -> None:
     if n_features <= 20:
         handles = [Patch(color=colours[i], label=f"feature {i}") for i in range(n_features)]
         handles.append(Patch(color=POLY_SHADE, label="polysemantic neuron"))
         fig.legend(handles=handles, loc="lower center", ncol=min(n_features + 1, 11), fontsize=7, frameon=False)
     else:
-        sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(0, n_features - 1), cmap=mcolors.ListedColormap(colours))
+        sm = cm.ScalarMappable(norm=mcolors.Normalize(0, n_features - 1), cmap=mcolors.ListedColormap(colours))
         cax = fig.add_axes((0.3, 0.05, 0.4, 0.012))
         fig.colorbar(sm, cax=cax, orientation="horizontal", label="feature index (importance order); shaded column = polysemantic neuron")
 
@@ -137,19 +138,17 @@ def _feature_legend(fig: plt.Figure, n_features: int, colours: np.ndarray) -> No
 def privileged_basis_figure(
     weights: np.ndarray,
     feature_probabilities: Sequence[float],
-    path: str | Path,
     *,
     n_carried: np.ndarray,
     alive_threshold: float = 0.1,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """The paper's ReLU-hidden-layer figure: per sparsity (column) the heatmap of W and the
     neuron stack plot below it, neurons in the same order in both.
 
     Args:
         weights: W of shape (n_probabilities, hidden, feature).
         feature_probabilities: column labels (1 − S), length n_probabilities.
-        path: output PNG.
         n_carried: (n_probabilities, hidden) features each neuron carries; > 1 is shaded
             as polysemantic.
         alive_threshold: neurons with weight norm at most this are drawn last.
@@ -157,8 +156,9 @@ def privileged_basis_figure(
     weights = np.asarray(weights, np.float64)
     n_probs, n_hidden, n_features = weights.shape
     colours = feature_colours(n_features)
-    fig, axes = plt.subplots(
-        2, n_probs, figsize=(2.1 * n_probs + 0.6, 5.4), squeeze=False,
+    fig = new_figure((2.1 * n_probs + 0.6, 5.4))
+    axes = fig.subplots(
+        2, n_probs, squeeze=False,
         gridspec_kw={"height_ratios": [0.8, 1.2], "hspace": 0.12, "wspace": 0.3},
     )
     fig.subplots_adjust(left=0.07, right=0.955, top=0.84 if title else 0.9, bottom=0.13)
@@ -184,20 +184,19 @@ def privileged_basis_figure(
     _feature_legend(fig, n_features, colours)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig
 
 
 def abs_computation_figure(
     W1: np.ndarray,
     W2: np.ndarray,
     feature_probabilities: Sequence[float],
-    path: str | Path,
     *,
     n_carried: np.ndarray,
     neurons_per_feature: np.ndarray,
     markers: Sequence[dict[int, str]] | None = None,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """The absolute-value model's weights per sparsity (column), neurons in one order per column.
 
     Rows: W₁ heatmap (neurons × features), W₂ᵀ heatmap (neurons × features), the stack plot
@@ -207,7 +206,6 @@ def abs_computation_figure(
         W1: (n_probabilities, hidden, feature), W2: (n_probabilities, feature, hidden) — each
             neuron rescaled so that its largest |W₁| entry is 1 (W₂ column inversely).
         feature_probabilities: column labels (1 − S).
-        path: output PNG.
         n_carried: (n_probabilities, hidden) features per neuron; > 1 shades the column.
         neurons_per_feature: (n_probabilities, feature).
         markers: per column, neuron -> label drawn above its bar (e.g. the motif's roles).
@@ -220,8 +218,9 @@ def abs_computation_figure(
     n_probs, n_hidden, n_features = W1.shape
     colours = feature_colours(n_features)
     wide = n_features > 20
-    fig, axes = plt.subplots(
-        4, n_probs, figsize=((3.2 if wide else 2.0) * n_probs + 0.8, 9.0), squeeze=False,
+    fig = new_figure(((3.2 if wide else 2.0) * n_probs + 0.8, 9.0))
+    axes = fig.subplots(
+        4, n_probs, squeeze=False,
         gridspec_kw={"height_ratios": [1.0, 1.0, 1.1, 0.6], "hspace": 0.3, "wspace": 0.25},
     )
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9 if title else 0.94, bottom=0.14 if wide else 0.1)
@@ -250,4 +249,4 @@ def abs_computation_figure(
     _feature_legend(fig, n_features, colours)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return fig

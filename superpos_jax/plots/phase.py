@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from matplotlib import colors
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from superpos_jax.plots.base import plt, save
+from superpos_jax.plots.base import new_figure
 
 PHASE_COLOURS: tuple[str, ...] = ("#d9d9d9", "#3b6fb6", "#e0703a")
 
@@ -26,14 +27,13 @@ def _log_edges(centres: np.ndarray) -> np.ndarray:
 def phase_diagram_figure(
     empirical: np.ndarray,
     theory: np.ndarray,
-    relative_importance: Sequence[float],
-    feature_probability: Sequence[float],
-    path: str | Path,
+    relative_importance: npt.ArrayLike,
+    feature_probability: npt.ArrayLike,
     *,
     phase_names: Sequence[str],
     title: str | None = None,
     panel_titles: tuple[str, str] = ("trained models", "theory"),
-) -> Path:
+) -> Figure:
     """Two phase diagrams side by side: relative importance r of the extra feature on the
     x-axis, feature density 1 − S on the y-axis (both log), one colour per phase.
 
@@ -44,7 +44,6 @@ def phase_diagram_figure(
             range(len(phase_names)).
         relative_importance: the cell centres along x, length n_importance (log spaced).
         feature_probability: the cell centres along y, length n_density (log spaced).
-        path: output PNG path.
         phase_names: legend labels of the phases, in index order.
     """
     empirical = np.asarray(empirical)
@@ -56,7 +55,8 @@ def phase_diagram_figure(
     disagree = empirical != theory
     X, Y = np.meshgrid(np.asarray(relative_importance), np.asarray(feature_probability))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.9), sharey=True, constrained_layout=True)
+    fig = new_figure((10.5, 4.9), constrained=True)
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, grid, label in zip(axes, (empirical, theory), panel_titles):
         thin = grid.size > 500  # cell borders would crowd out the cells of a large grid
         ax.pcolormesh(x_edges, y_edges, grid, cmap=cmap, norm=norm, edgecolors="face" if thin else "white", linewidth=0.3)
@@ -73,4 +73,4 @@ def phase_diagram_figure(
     fig.legend(handles=handles, loc="outside lower center", ncol=len(phase_names), frameon=False)
     if title:
         fig.suptitle(title)
-    return save(fig, path)
+    return fig

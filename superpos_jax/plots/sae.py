@@ -2,7 +2,7 @@
 and dictionary recovery.
 
 Every function takes host NumPy inputs and returns a matplotlib Figure; write it with
-`superpos_jax.plots.base.save(fig, path)`. `pareto_front` is the pure NumPy logic behind the
+`superpos_jax.plots.save(fig, path)`. `pareto_front` is the pure NumPy logic behind the
 Pareto lines.
 """
 
@@ -17,7 +17,7 @@ from matplotlib import cm, colors, ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from superpos_jax.plots.base import plt
+from superpos_jax.plots.base import colormap, new_figure
 from superpos_jax.sae.metrics import feature_density_histogram
 from superpos_jax.sae.scaling import ComputeOptimal, PowerLaw, loss_frontier
 
@@ -28,7 +28,7 @@ _MIN_GAP = 1e-4
 
 
 def _colour(i: int) -> Any:
-    return plt.get_cmap("tab10")(i % 10)
+    return colormap("tab10")(i % 10)
 
 
 def _group_order(groups: Sequence[Any] | np.ndarray) -> list[Any]:
@@ -48,7 +48,7 @@ def _group_label(g: Any) -> str:
     return str(g)
 
 
-def _quiet_minor_labels(ax: plt.Axes) -> None:
+def _quiet_minor_labels(ax: Axes) -> None:
     """Labels at 1, 2 and 5 × 10^k on both log axes, none on minor ticks (matplotlib labels
     every minor tick of an axis spanning less than a decade, and those labels overlap)."""
     for axis in (ax.xaxis, ax.yaxis):
@@ -130,7 +130,8 @@ def pareto(
         raise ValueError(f"annotate must have length {l0.size}, got {len(annotate)}")
     shown = np.isfinite(l0) & np.isfinite(fvu) & (l0 > 0) & (fvu > 0)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6), constrained_layout=True)
+    fig = new_figure((6.4, 4.6), constrained=True)
+    ax = fig.subplots()
     for i, g in enumerate(_group_order(labels)):
         member = np.nonzero((labels == g) & shown)[0]
         if member.size == 0:
@@ -198,8 +199,8 @@ def density_histograms(
 
     n = len(arrays)
     n_panels = 1 if overlay else n
-    fig, axes = plt.subplots(n_panels, 1, figsize=(6.4, 1.25 + 1.6 * n_panels), sharex=True, squeeze=False,
-                             constrained_layout=True)
+    fig = new_figure((6.4, 1.25 + 1.6 * n_panels), constrained=True)
+    axes = fig.subplots(n_panels, 1, sharex=True, squeeze=False)
     for i, (name, d) in enumerate(arrays.items()):
         ax = axes[0 if overlay else i, 0]
         clipped = np.where(d > 0, np.maximum(d, 10.0**min_log10), 0.0)
@@ -261,7 +262,8 @@ def scaling(
         raise ValueError(f"sizes and losses must be 1-D of one length; got {x.shape} and {y.shape}")
     labels = np.asarray(groups if groups is not None else [""] * x.size, dtype=object)
     shown = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    fig, ax = plt.subplots(figsize=(6.0, 4.4), constrained_layout=True)
+    fig = new_figure((6.0, 4.4), constrained=True)
+    ax = fig.subplots()
     for i, g in enumerate(_group_order(labels)):
         member = (labels == g) & shown
         ax.scatter(x[member], y[member], color=_colour(i), marker=MARKERS[i % len(MARKERS)], s=30, zorder=3,
@@ -307,12 +309,13 @@ def compute_optimal_figure(
     if not (n.ndim == 1 and n.shape == c.shape == y.shape):
         raise ValueError(f"sizes, computes, losses must be 1-D of one length; got {n.shape}, {c.shape}, {y.shape}")
     ok = np.isfinite(y) & (y > 0)
-    fig, (ax_iso, ax_loss, ax_opt) = plt.subplots(1, 3, figsize=(14.5, 4.3), constrained_layout=True)
+    fig = new_figure((14.5, 4.3), constrained=True)
+    ax_iso, ax_loss, ax_opt = fig.subplots(1, 3)
     size_norm = colors.LogNorm(n.min(), n.max()) if n.max() > n.min() else colors.LogNorm(n.min() / 2, n.max() * 2)
-    size_cmap = plt.get_cmap("viridis")
+    size_cmap = colormap("viridis")
 
     if frontier is not None:
-        budget_cmap = plt.get_cmap("plasma")
+        budget_cmap = colormap("plasma")
         shades = budget_cmap(np.linspace(0.0, 0.85, frontier.computes.size))
         for budget, shade, best in zip(frontier.computes, shades, frontier.indices):
             member = np.nonzero(ok & np.isclose(c, budget, rtol=1e-6))[0]
@@ -401,8 +404,8 @@ def recovery(
             raise ValueError(f"hungarian lacks architectures {missing}")
         hung = np.array([float(hungarian[k]) for k in max_cosine])
 
-    fig, (ax_bar, ax_hist) = plt.subplots(1, 2, figsize=(11.0, 4.2), constrained_layout=True,
-                                          gridspec_kw={"width_ratios": [1.0, 1.3]})
+    fig = new_figure((11.0, 4.2), constrained=True)
+    ax_bar, ax_hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.3]})
     pos = np.arange(len(names))
     width = 0.38 if hung is not None else 0.6
     series = [("MMCS", mmcs, 0.0 if hung is None else -width / 2, 1.0)]

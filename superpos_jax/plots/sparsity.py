@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib import cm, colors
+from matplotlib.figure import Figure
 
+from superpos_jax.plots.base import colormap, new_figure
 from superpos_jax.toy import metrics
-from superpos_jax.plots.base import plt, save
 
 
 def _sparsity_label(p: float) -> str:
@@ -22,11 +22,10 @@ def sparsity_figure(
     weights: np.ndarray,
     feature_probabilities: Sequence[float],
     model_names: Sequence[str],
-    path: str | Path,
     *,
     superposition: np.ndarray | None = None,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """The paper's sparsity sweep figure.
 
     For every model (row block) and feature probability (column): the n × n matrix WᵀW as a
@@ -38,7 +37,6 @@ def sparsity_figure(
         weights: W of shape (n_models, n_probabilities, d_hidden, n_features).
         feature_probabilities: the column labels, length n_probabilities.
         model_names: the row-block labels, length n_models.
-        path: output PNG path.
         superposition: optional precomputed sqrt-superposition, shape
             (n_models, n_probabilities, n_features); computed from `weights` if omitted.
     """
@@ -48,11 +46,12 @@ def sparsity_figure(
         flat = jnp.asarray(weights.reshape(-1, *weights.shape[2:]), jnp.float32)
         sup = jax.vmap(lambda w: metrics.superposition(w, sqrt=True))(flat)
         superposition = np.asarray(sup).reshape(n_models, n_probs, n_features)
-    cmap_bar = plt.get_cmap("viridis")
+    cmap_bar = colormap("viridis")
     norm_bar = colors.Normalize(0.0, 1.0)
 
-    fig, axes = plt.subplots(
-        2 * n_models, n_probs, figsize=(1.75 * n_probs + 1.4, 3.9 * n_models),
+    fig = new_figure((1.75 * n_probs + 1.4, 3.9 * n_models))
+    axes = fig.subplots(
+        2 * n_models, n_probs,
         gridspec_kw={"height_ratios": [1.0, 1.0] * n_models, "hspace": 0.35, "wspace": 0.12},
         squeeze=False,
     )
@@ -81,4 +80,4 @@ def sparsity_figure(
                  label="bar colour: superposition  sqrt(Σ_{j≠i} (Ŵ_i·W_j)²)")
     if title:
         fig.suptitle(title)
-    return save(fig, path)
+    return fig

@@ -3,7 +3,7 @@
 W has shape (d_hidden, n_features); its column W_i is feature i's direction in the hidden
 space. Definitions follow *Toy Models of Superposition*:
 
-* feature norm ‖W_i‖; a feature is *represented* when ‖W_i‖ > threshold (0.5).
+* feature norm ‖W_i‖; a feature is *represented* when ‖W_i‖ > `REPRESENTED_NORM` (0.5).
 * superposition of feature i: Σ_{j≠i} (Ŵ_i · W_j)² with Ŵ_i = W_i / ‖W_i‖. The paper's
   figures colour by its square root, which `superposition(..., sqrt=True)` returns.
 * feature dimensionality D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)² (j over all features, i included).
@@ -16,6 +16,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 _TINY = 1e-12
+
+REPRESENTED_NORM: float = 0.5
+"""A feature is represented when ‖W_i‖ exceeds this (the paper's convention; learned
+features reach ≈ 1, unlearned ones keep residual weights ≈ 0.1–0.3)."""
 
 
 def feature_norms(W: Float[ArrayLike, "hidden feature"]) -> Float[Array, " feature"]:
@@ -54,12 +58,14 @@ def dimensions_per_feature(W: Float[ArrayLike, "hidden feature"]) -> Scalar:
     return W.shape[0] / jnp.maximum(jnp.sum(W * W), _TINY)
 
 
-def n_represented(W: Float[ArrayLike, "hidden feature"], threshold: float = 0.5) -> Int[Array, ""]:
+def n_represented(W: Float[ArrayLike, "hidden feature"], threshold: float = REPRESENTED_NORM) -> Int[Array, ""]:
     """Number of features with ‖W_i‖ > threshold."""
     return jnp.sum(feature_norms(W) > threshold)
 
 
-def represented_dimensionality(W: Float[ArrayLike, "hidden feature"], threshold: float = 0.5) -> Float[Array, " feature"]:
+def represented_dimensionality(
+    W: Float[ArrayLike, "hidden feature"], threshold: float = REPRESENTED_NORM
+) -> Float[Array, " feature"]:
     """D_i computed as if the features with ‖W_j‖ ≤ `threshold` were exactly zero: the
     geometry of the represented features alone (0 for the others). Unrepresented features
     keep small residual weights that otherwise pull a dedicated feature's D_i below 1.

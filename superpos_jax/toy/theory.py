@@ -291,7 +291,7 @@ def feature_phase(
     W: Float[ArrayLike, "hidden feature"],
     feature: int,
     *,
-    norm_threshold: float = 0.5,
+    norm_threshold: float = metrics.REPRESENTED_NORM,
     superposition_threshold: float = 0.1,
 ) -> Int[Array, ""]:
     """Phase of one feature of W: 0 not represented (‖W_i‖ ≤ norm_threshold), 1 dedicated
@@ -326,7 +326,7 @@ def theoretical_phases(
     *,
     n_nodes: int = 64,
     n_iterations: int = 50,
-    norm_threshold: float = 0.5,
+    norm_threshold: float = metrics.REPRESENTED_NORM,
     superposition_threshold: float = 0.1,
     tie_tolerance: float = 1e-5,
 ) -> TheoryDiagram:

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from superpos_jax.plots import base
+from superpos_jax import plots
 from superpos_jax.plots import sae as sae_plots
 from superpos_jax.sae.scaling import compute_optimal, fit_power_law, sae_training_flops
 
 
 def _saved(fig, path):
-    out = base.save(fig, path)
+    out = plots.save(fig, path)
     assert out.exists() and out.stat().st_size > 1000
     return out
 

@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superpos_jax import toy
+from superpos_jax.toy import models
 from superpos_jax.toy.models import AbsParams, ToyParams
 
 
 def _np_toy(W, b, x, I, kind):
-    hidden_relu, output_relu = toy.MODEL_KINDS[kind]
+    hidden_relu, output_relu = models.MODEL_KINDS[kind]
     h = W @ x
     if hidden_relu:
         h = np.maximum(h, 0)
@@ -22,7 +22,7 @@ def _np_toy(W, b, x, I, kind):
 
 def _np_toy_grads(W, b, x, I, kind):
     """Hand-derived gradient of the loss (float64)."""
-    hidden_relu, output_relu = toy.MODEL_KINDS[kind]
+    hidden_relu, output_relu = models.MODEL_KINDS[kind]
     n, B = x.shape
     a = W @ x
     h = np.maximum(a, 0) if hidden_relu else a
@@ -48,12 +48,12 @@ class TestToy(chex.TestCase):
         I = 0.8 ** np.arange(n)
         f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
         params = ToyParams(W=f32(W), b=f32(b))
-        for kind in toy.MODEL_KINDS:
-            flags = toy.kind_flags(kind)
+        for kind in models.MODEL_KINDS:
+            flags = models.kind_flags(kind)
             out_ref, loss_ref = _np_toy(W, b, x, I, kind)
-            out = self.variant(toy.toy_forward)(params, f32(x), flags)
+            out = self.variant(models.toy_forward)(params, f32(x), flags)
             np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=1e-6, err_msg=kind)
-            loss, grads = self.variant(jax.value_and_grad(toy.toy_loss))(params, f32(x), f32(I), flags)
+            loss, grads = self.variant(jax.value_and_grad(models.toy_loss))(params, f32(x), f32(I), flags)
             np.testing.assert_allclose(loss, loss_ref, rtol=1e-5, err_msg=kind)
             dW, db = _np_toy_grads(W, b, x, I, kind)
             np.testing.assert_allclose(grads.W, dW, rtol=1e-4, atol=1e-7, err_msg=kind)
@@ -69,10 +69,10 @@ def test_abs_model_against_float64(rng):
     loss_ref = np.mean(I[:, None] * (np.abs(x) - out_ref) ** 2)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     params = AbsParams(W1=f32(W1), W2=f32(W2), b=f32(b))
-    np.testing.assert_allclose(toy.abs_forward(params, f32(x)), out_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(toy.abs_loss(params, f32(x), f32(I)), loss_ref, rtol=1e-5)
+    np.testing.assert_allclose(models.abs_forward(params, f32(x)), out_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(models.abs_loss(params, f32(x), f32(I)), loss_ref, rtol=1e-5)
     # Gradient by central finite differences of the float64 reference, on W2.
-    g = jax.grad(toy.abs_loss)(params, f32(x), f32(I)).W2
+    g = jax.grad(models.abs_loss)(params, f32(x), f32(I)).W2
     eps = 1e-6
     num = np.zeros_like(W2)
     for idx in np.ndindex(W2.shape):
@@ -86,7 +86,7 @@ def test_abs_model_against_float64(rng):
 
 
 def test_init_is_per_instance_xavier():
-    p = toy.init_toy(400, 100, key=jax.random.key(0))
+    p = models.init_toy(400, 100, key=jax.random.key(0))
     assert p.W.shape == (100, 400) and p.b.shape == (400,)
     np.testing.assert_allclose(np.std(np.asarray(p.W)), np.sqrt(2 / 500), rtol=0.02)
     assert float(jnp.abs(p.b).max()) == 0.0
@@ -94,19 +94,19 @@ def test_init_is_per_instance_xavier():
 
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown toy model kind"):
-        toy.kind_flags("sigmoid")
+        models.kind_flags("sigmoid")
 
 
 def test_toy_hparams_shapes_and_errors():
-    hp = toy.toy_hparams([1.0, 0.1], 0.7 ** np.arange(4), ["linear", "relu"], 1e-3)
+    hp = models.toy_hparams([1.0, 0.1], 0.7 ** np.arange(4), ["linear", "relu"], 1e-3)
     assert hp["feature_probability"].shape == (2, 4) and hp["importance"].shape == (2, 4)
     np.testing.assert_array_equal(hp["flags"], [[0, 0], [0, 1]])
     np.testing.assert_allclose(hp["learning_rate"], [1e-3, 1e-3])
-    per_feature = toy.toy_hparams(np.full((2, 4), 0.5), np.ones(4), ["relu", "relu"])
+    per_feature = models.toy_hparams(np.full((2, 4), 0.5), np.ones(4), ["relu", "relu"])
     assert "learning_rate" not in per_feature
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        toy.toy_hparams([1.2, 0.1], np.ones(4), ["relu", "relu"])
+        models.toy_hparams([1.2, 0.1], np.ones(4), ["relu", "relu"])
     with pytest.raises(ValueError, match="expected"):
-        toy.toy_hparams([0.1, 0.1, 0.1], np.ones(4), ["relu", "relu"])
+        models.toy_hparams([0.1, 0.1, 0.1], np.ones(4), ["relu", "relu"])
     with pytest.raises(ValueError, match="unknown toy model kind"):
-        toy.toy_hparams([0.1], np.ones(4), ["tanh"])
+        models.toy_hparams([0.1], np.ones(4), ["tanh"])
