@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +48,14 @@ from jaxtyping import Array, ArrayLike, Float
 from . import common
 from .common import best_of_seeds
 from superpos_jax import plots
-from superpos_jax.config import check_positive_int, check_probabilities, fail
+from superpos_jax.config import (
+    NonNegativeFloat, PositiveFloat, PositiveInt, Probabilities, Rule, distinct, each, fail, in_range, non_empty, positive,
+)
 from superpos_jax.toy.samplers import geometric_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 from superpos_jax.toy.models import AbsParams, abs_forward, abs_task, toy_hparams
-from superpos_jax.plots.neurons import abs_computation_figure
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import make_trainer
 
@@ -62,43 +63,28 @@ NAME = "abs-computation"
 DESCRIPTION = "computing |x| with ReLU neurons, n=3/m=6 and n=100/m=40: ±pairs when dense, computation in superposition when sparse"
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
+_NXM = Rule("NxM sizes with positive integers (n_features x d_hidden), e.g. 3x6",
+            lambda s: (m := _SIZE.match(s)) is not None and int(m.group(1)) > 0 and int(m.group(2)) > 0)
 
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    sizes: tuple[str, ...] = ("3x6", "100x40")
-    seeds: tuple[int, ...] = (16, 2)
-    importance_base: float = 0.8
-    feature_probabilities: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01)
-    eval_batches: int = 8
-    carry_fraction: float = 0.25
-    gain_threshold: float = 0.1
-    asymmetry: float = 2.0
-    min_secondary: float = 0.1
+    sizes: Annotated[tuple[str, ...], non_empty, each(_NXM), distinct] = ("3x6", "100x40")
+    seeds: Annotated[tuple[int, ...], each(positive)] = (16, 2)
+    importance_base: PositiveFloat = 0.8
+    feature_probabilities: Probabilities = (1.0, 0.3, 0.1, 0.03, 0.01)
+    eval_batches: PositiveInt = 8
+    carry_fraction: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.25
+    gain_threshold: NonNegativeFloat = 0.1
+    asymmetry: Annotated[float, Rule("> 1", lambda v: v > 1)] = 2.0
+    min_secondary: NonNegativeFloat = 0.1
 
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(self, "n_steps", "batch_size", "chunk_steps", "log_every", "eval_batches")
-        check_probabilities(self, "feature_probabilities")
-        if not self.sizes:
-            fail("sizes", self.sizes, "a non-empty list of NxM sizes (n_features x d_hidden), e.g. 3x6,100x40")
-        for s in self.sizes:
-            m = _SIZE.match(s)
-            if m is None or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
-                fail("sizes", self.sizes, f"NxM sizes with positive integers (n_features x d_hidden); {s!r} is not")
-        if len(set(self.sizes)) != len(self.sizes):
-            fail("sizes", self.sizes, "distinct sizes")
-        if len(self.seeds) != len(self.sizes) or any(isinstance(s, bool) or s <= 0 for s in self.seeds):
+    def check(self) -> None:
+        """One seed count per size; min_secondary <= 1 / asymmetry."""
+        super().check()
+        if len(self.seeds) != len(self.sizes):
             fail("seeds", self.seeds, f"one positive seed count per size ({len(self.sizes)} values)")
-        if not self.importance_base > 0:
-            fail("importance_base", self.importance_base, "> 0")
-        if not 0 < self.carry_fraction <= 1:
-            fail("carry_fraction", self.carry_fraction, "in (0, 1]")
-        if not self.gain_threshold >= 0:
-            fail("gain_threshold", self.gain_threshold, ">= 0")
-        if not self.asymmetry > 1:
-            fail("asymmetry", self.asymmetry, "> 1")
-        if not 0 <= self.min_secondary <= 1 / self.asymmetry:
+        if not self.min_secondary <= 1 / self.asymmetry:
             fail("min_secondary", self.min_secondary, f"in [0, 1/asymmetry = {1 / self.asymmetry:g}]")
 
 
@@ -228,7 +214,7 @@ def _motif_list(st: dict[str, np.ndarray]) -> list[dict[str, int]]:
     ]
 
 
-def run_size(cfg: Config, size: str, n_seeds: int, out_dir: Path, *, progress: bool, execution: Execution) -> dict[str, Any]:
+def run_size(cfg: Config, size: str, n_seeds: int, out_dir: RunDir, *, progress: bool, execution: Execution) -> dict[str, Any]:
     """Train and analyse one model size; writes its figure; returns its summary block."""
     n, m = parse_size(size)
     grid, hparams, keys, trainer = build(cfg, size, n_seeds)
@@ -255,18 +241,17 @@ def run_size(cfg: Config, size: str, n_seeds: int, out_dir: Path, *, progress: b
                 for k in mo["inhibitors"]:
                     labels.setdefault(k, "I")
             markers.append(labels)
-        figures = out_dir / "figures"
-        abs_computation_figure(
-            best["W1"], best["W2"], cfg.feature_probabilities, figures / f"abs_{size}.png",
+        figures = out_dir.figures
+        plots.save(plots.abs_computation_figure(
+            best["W1"], best["W2"], cfg.feature_probabilities,
             n_carried=best["n_features"], neurons_per_feature=best["neurons_per_feature"], markers=markers,
             title=(f"|x| in superposition: n={n} features, m={m} neurons, importance {cfg.importance_base}^i, "
                    f"lowest-loss of {n_seeds} seed(s); A = asymmetric-superposition neuron, I = its inhibitor"),
-        )
+        ), figures / f"abs_{size}.png")
         shown = grid.fold(np.arange(grid.size))[np.arange(len(cfg.feature_probabilities)), best_seed]
-        plots.loss_curves(
-            result.losses[shown], [f"p={p:g}" for p in cfg.feature_probabilities], figures / f"loss_{size}.png",
-            log_every=cfg.log_every,
-        )
+        plots.save(plots.loss_curves(
+            result.losses[shown], [f"p={p:g}" for p in cfg.feature_probabilities], log_every=cfg.log_every,
+        ), figures / f"loss_{size}.png")
 
     folded = grid.fold({k: every[k] for k in ("n_clean_pairs", "n_computed", "n_half_computed", "n_motifs", "n_asymmetric")})
     cells = []
@@ -305,7 +290,7 @@ def run_size(cfg: Config, size: str, n_seeds: int, out_dir: Path, *, progress: b
     }
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train each size's sweep in turn, analyse the best seeds, write the figures, return the summary."""
     blocks = [run_size(cfg, size, s, out_dir, progress=progress, execution=execution) for size, s in zip(cfg.sizes, cfg.seeds)]
     return {

@@ -38,8 +38,7 @@ superposition; it is reported beside the primary measure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +48,12 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from . import common
 from superpos_jax import plots
 from superpos_jax.toy.adversarial import attack_toy, toy_attack_loss
-from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
+from superpos_jax.config import NonNegativeInt, PositiveFloat, PositiveInt, each, in_range, non_empty
 from superpos_jax.toy.samplers import geometric_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
-from superpos_jax.toy.models import MODEL_KINDS, ToyParams, toy_hparams
-from superpos_jax.plots.adversarial import vulnerability_figure
+from superpos_jax.rundir import RunDir
+from superpos_jax.toy.models import ToyParams, toy_hparams
 from superpos_jax.engine.sweep import Grid
 
 NAME = "adversarial"
@@ -63,36 +62,20 @@ DESCRIPTION = "optimal L2 attacks (0.1 x mean input norm) on n=20, m=5 toy model
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    n_features: int = 20
-    d_hidden: int = 5
-    importance_base: float = 0.7
-    feature_probabilities: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
-    models: tuple[str, ...] = ("linear", "relu")
-    n_seeds: int = 4
-    attack_fraction: float = 0.1
-    n_inputs: int = 256
-    attack_steps: int = 100
-    attack_refine: int = 4
-    attack_random: int = 4
+    n_features: PositiveInt = 20
+    d_hidden: PositiveInt = 5
+    importance_base: PositiveFloat = 0.7
+    feature_probabilities: Annotated[tuple[float, ...], non_empty, each(in_range(0.0, 1.0, closed="(]"))] = (
+        1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+    """Each in (0, 1]: an all-zero input cannot be attacked."""
+    models: common.ToyModels = ("linear", "relu")
+    n_seeds: PositiveInt = 4
+    attack_fraction: PositiveFloat = 0.1
+    n_inputs: PositiveInt = 256
+    attack_steps: PositiveInt = 100
+    attack_refine: PositiveInt = 4
+    attack_random: NonNegativeInt = 4
     target: Literal["clean", "perturbed"] = "clean"
-
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(
-            self, "n_features", "d_hidden", "n_seeds", "n_steps", "batch_size", "chunk_steps", "log_every",
-            "n_inputs", "attack_steps", "attack_refine",
-        )
-        check_probabilities(self, "feature_probabilities")
-        if min(self.feature_probabilities) <= 0:
-            fail("feature_probabilities", self.feature_probabilities, "> 0 (an all-zero input cannot be attacked)")
-        check_choices(self, "models", MODEL_KINDS)
-        check_choices(self, "target", ("clean", "perturbed"))
-        if not self.importance_base > 0:
-            fail("importance_base", self.importance_base, "> 0")
-        if not self.attack_fraction > 0:
-            fail("attack_fraction", self.attack_fraction, "> 0")
-        if isinstance(self.attack_random, bool) or not isinstance(self.attack_random, int) or self.attack_random < 0:
-            fail("attack_random", self.attack_random, "a non-negative integer")
 
 
 QUICK = {"n_steps": 3_000, "n_seeds": 1, "chunk_steps": 1_500, "n_inputs": 64, "attack_steps": 50}
@@ -167,13 +150,11 @@ def build(cfg: Config):
     return grid, hparams, common.seed_keys(cfg.seed, grid), trainer
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, attack every model, write the figure, return the summary."""
-    grid, hparams, keys, trainer = build(cfg)
-    result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
-    final_loss, ok = common.final_losses(result)
-    W = np.asarray(result.state.params.W)
-    per = common.toy_metrics(W)
+    built = build(cfg)
+    hparams = built[1]
+    grid, result, W, per, final_loss, ok = common.train_toy(NAME, cfg, built, out_dir, progress=progress, execution=execution)
     attack_key = jax.random.fold_in(jax.random.key(cfg.seed), 2**31 - 2)
     found = jax.tree.map(np.asarray, attack_all(cfg)(result.state.params, hparams, attack_key))
     vul = vulnerability(found["clean"], found["attacked"], found["epsilon"], cfg.n_features)
@@ -182,15 +163,14 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     folded = grid.fold({**vul, "features_per_dimension": features_per_dim, "ok": ok,
                         "n_represented": per["n_represented"], "epsilon": found["epsilon"]})
     if is_primary():
-        vulnerability_figure(
+        plots.save(plots.vulnerability_figure(
             cfg.feature_probabilities, cfg.models, folded["vulnerability"], folded["features_per_dimension"],
-            out_dir / "figures" / "adversarial.png", relative_increase=folded["relative_increase"], usable=folded["ok"],
+            relative_increase=folded["relative_increase"], usable=folded["ok"],
             title=(f"Optimal L2 attack, ‖δ‖ ≤ {cfg.attack_fraction:g} × mean input norm: n={cfg.n_features}, "
                    f"m={cfg.d_hidden}, importance {cfg.importance_base}^i, {cfg.n_seeds} seed(s)"),
-        )
-        first_seed = np.flatnonzero(grid.column("seed") == 0)
-        labels = [f"{grid.coords(int(i))['model']} p={grid.coords(int(i))['feature_probability']:g}" for i in first_seed]
-        plots.loss_curves(result.losses[first_seed], labels, out_dir / "figures" / "loss.png", log_every=cfg.log_every)
+        ), out_dir.figures / "adversarial.png")
+        plots.save(common.seed_loss_curves(grid, result, lambda c: f"{c['model']} p={c['feature_probability']:g}",
+                                           log_every=cfg.log_every), out_dir.figures / "loss.png")
 
     cells = []
     for a, model in enumerate(cfg.models):

@@ -1,5 +1,7 @@
-"""What every toy-model experiment does the same way: keys per seed, the checkpointed sweep,
-final losses, the best seed per cell, per-instance metrics and the summary records.
+"""What every experiment does the same way: the shared config fields (`RunConfig`,
+`TrainingConfig`, with their constraints declared once), keys per seed, the checkpointed sweep
+in the run directory (`train`), final losses, the best seed per cell, per-instance metrics
+and the summary records.
 
 An experiment module builds its grid, hparams and trainer, then calls `train` and reads the
 rest off the `SweepResult` with these helpers, so its own file holds only its science.
@@ -7,10 +9,9 @@ rest off the `SweepResult` with these helpers, so its own file holds only its sc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,46 +19,61 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from superpos_jax.toy import metrics
-from superpos_jax.config import check_choices, check_positive_int, fail, to_dict
+from superpos_jax.config import (
+    NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, each, fail, in_range, non_empty, one_of, to_dict,
+)
 from superpos_jax.engine.execution import Execution
 from superpos_jax.engine.sweep import Grid, SweepResult, run_sweep
 from superpos_jax.engine.prng import GENERATORS
-from superpos_jax.toy.models import toy_task
+from superpos_jax.toy.models import MODEL_KINDS, toy_task
 from superpos_jax.engine.optim import OptimConfig
 from superpos_jax.engine.task import Task
 from superpos_jax.engine.trainer import Trainer, make_trainer
+from superpos_jax.rundir import RunDir
+
+
+ToyModel = Annotated[str, one_of(*MODEL_KINDS)]
+"""A toy model's output nonlinearity: "linear" or "relu"."""
+ToyModels = Annotated[tuple[str, ...], non_empty, each(one_of(*MODEL_KINDS))]
+"""A non-empty list of toy model kinds (a grid axis)."""
+Fractions = Annotated[tuple[float, ...], non_empty, each(in_range(0.0, 1.0, closed="(]"))]
+"""A non-empty list of dimensionality fractions in (0, 1] (geometry's reference lines)."""
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
-    """The training fields every toy-model experiment shares; an experiment's `Config`
-    subclasses it, adds its science fields and may override these defaults."""
+class RunConfig:
+    """The fields every experiment's sweep has: the seed, its length, its chunks and how often
+    it logs. An experiment's `Config` subclasses this (or `TrainingConfig`), adds its science
+    fields and may override these defaults — with the same annotated types, which carry the
+    constraints.
 
-    seed: int = 0
-    n_steps: int = 10_000
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
+    `STEP_FIELDS` names the step counts that must be multiples of `log_every` (a subclass with
+    a second training stage adds its own, e.g. `sae_steps`)."""
+
+    STEP_FIELDS: ClassVar[tuple[str, ...]] = ("n_steps", "chunk_steps")
+
+    seed: NonNegativeInt = 0
+    n_steps: PositiveInt = 10_000
+    chunk_steps: PositiveInt = 2_500
+    log_every: PositiveInt = 10
+
+    def check(self) -> None:
+        """n_steps, chunk_steps (and every other step count in `STEP_FIELDS`) are multiples of log_every."""
+        for name in self.STEP_FIELDS:
+            value = getattr(self, name)
+            if value % self.log_every:
+                fail(name, value, f"a multiple of log_every={self.log_every}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig(RunConfig):
+    """`RunConfig` plus the optimizer and data fields every toy-model experiment shares."""
+
+    batch_size: PositiveInt = 1024
+    learning_rate: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.01
     optimizer: Literal["adam", "adamw"] = "adamw"
-    chunk_steps: int = 2_500
-    log_every: int = 10
-    generator: str = "hash"
-
-    def validate_training(self) -> None:
-        """Check the shared fields (call first from the experiment's `validate`)."""
-        check_positive_int(self, "n_steps", "batch_size", "chunk_steps", "log_every")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            fail("seed", self.seed, "a non-negative integer")
-        check_choices(self, "generator", GENERATORS)
-        check_choices(self, "optimizer", ("adam", "adamw"))
-        if not self.learning_rate > 0:
-            fail("learning_rate", self.learning_rate, "> 0")
-        if self.weight_decay < 0:
-            fail("weight_decay", self.weight_decay, ">= 0")
-        if self.n_steps % self.log_every:
-            fail("n_steps", self.n_steps, f"a multiple of log_every={self.log_every}")
-        if self.chunk_steps % self.log_every:
-            fail("chunk_steps", self.chunk_steps, f"a multiple of log_every={self.log_every}")
+    generator: Annotated[str, one_of(*GENERATORS)] = "hash"
 
     def optim(self) -> OptimConfig:
         """AdamW/Adam at this config's learning rate and weight decay."""
@@ -83,24 +99,27 @@ def train(
     hparams: Any,
     keys: jax.Array,
     trainer: Trainer,
-    out_dir: Path,
+    out_dir: RunDir,
     *,
     progress: bool,
     execution: Execution,
     tag: str | None = None,
     n_steps: int | None = None,
     chunk_steps: int | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> SweepResult:
-    """The experiment's whole grid as one checkpointed, resumable sweep in `out_dir/checkpoints`
+    """The experiment's whole grid as one checkpointed, resumable sweep in the run directory
     (`cfg.n_steps` and `cfg.chunk_steps` unless given, e.g. for a second stage trained for
-    another number of steps). An experiment with several sweeps (e.g. two model sizes, which
-    are static shapes) names each with `tag`: `out_dir/checkpoints/<tag>`."""
-    directory = out_dir / "checkpoints" if tag is None else out_dir / "checkpoints" / tag
+    another number of steps), logging every chunk to its metrics.jsonl. An experiment with
+    several sweeps (e.g. two model sizes, which are static shapes) names each with `tag`
+    (its checkpoints go to `checkpoints/<tag>`). `fingerprint` adds what else must match when
+    the run is resumed (e.g. the corpus's fingerprint) to the experiment's name and config."""
     return run_sweep(
         trainer, hparams, keys, n_steps=cfg.n_steps if n_steps is None else n_steps,
         chunk_steps=cfg.chunk_steps if chunk_steps is None else chunk_steps,
-        checkpoint_dir=directory, progress=progress, execution=execution, grid=grid,
-        fingerprint={"experiment": name, "config": to_dict(cfg), "sweep": tag},
+        checkpoint_dir=out_dir.checkpoint_dir(tag), progress=progress, execution=execution, grid=grid,
+        fingerprint={"experiment": name, "config": to_dict(cfg), "sweep": tag, **(fingerprint or {})},
+        metrics=out_dir.metrics_log(tag),
     )
 
 
@@ -140,6 +159,49 @@ def toy_metrics(W: np.ndarray) -> dict[str, np.ndarray]:
         "n_represented": metrics.n_represented(w),
     })(jnp.asarray(W, jnp.float32))
     return jax.tree.map(np.asarray, per)
+
+
+class ToySweep(NamedTuple):
+    """A trained toy-model sweep, read for analysis (unpacks in this order). Arrays are host
+    NumPy, one row per instance.
+
+    Attributes:
+        grid, result: the sweep's grid and `SweepResult`.
+        W: final weights, shape (instance, hidden, feature).
+        per: `toy_metrics(W)`.
+        final_loss, finite: `final_losses(result)`.
+    """
+
+    grid: Grid
+    result: SweepResult
+    W: np.ndarray
+    per: dict[str, np.ndarray]
+    final_loss: np.ndarray
+    finite: np.ndarray
+
+
+def train_toy(
+    name: str, cfg: Any, built: tuple[Grid, Any, jax.Array, Trainer], out_dir: RunDir, *,
+    progress: bool, execution: Execution,
+) -> ToySweep:
+    """`train` a toy-model experiment's `build(cfg)` = (grid, hparams, keys, trainer) and read
+    off what every toy analysis starts from: weights, feature metrics and final losses."""
+    grid, hparams, keys, trainer = built
+    result = train(name, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
+    W = np.asarray(result.state.params.W)
+    final, ok = final_losses(result)
+    return ToySweep(grid, result, W, toy_metrics(W), final, ok)
+
+
+def seed_loss_curves(
+    grid: Grid, result: SweepResult, label: Callable[[dict[str, Any]], str], *, log_every: int, seed: int = 0
+) -> Any:
+    """The loss-curve figure of every instance with `seed` (one curve per other grid cell),
+    each labelled `label(coords)`."""
+    from superpos_jax import plots
+
+    chosen = np.flatnonzero(grid.column("seed") == seed)
+    return plots.loss_curves(result.losses[chosen], [label(grid.coords(int(i))) for i in chosen], log_every=log_every)
 
 
 def instance_records(grid: Grid, final: np.ndarray, ok: np.ndarray, per: dict[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -35,20 +35,20 @@ cosine and a label (antipodal / obtuse / orthogonal / acute / collapsed) for eve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from . import common
-from .intro import REPRESENTED, classify_geometry
 from superpos_jax import plots
-from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
+from superpos_jax.config import PositiveInt, Probabilities, distinct, each, fail, non_empty, one_of
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 from superpos_jax.toy.correlated import correlated_hparams, correlated_task
-from superpos_jax.toy.models import MODEL_KINDS
-from superpos_jax.plots.features2d import feature_diagrams, pair_colors
+from superpos_jax.toy.geometry import classify_geometry
+from superpos_jax.toy.metrics import REPRESENTED_NORM
+from superpos_jax.plots.features2d import pair_colors
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import make_trainer
 
@@ -74,24 +74,20 @@ _SHORT = {"correlated": "corr", "anticorrelated": "anti", "independent": "indep"
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    setups: tuple[str, ...] = ("correlated-pairs", "anticorrelated-pairs", "three-correlated-pairs", "independent-pairs")
-    d_hidden: int = 2
-    feature_probabilities: tuple[float, ...] = (0.2, 0.1, 0.05, 0.02)
-    model: str = "relu"
-    n_seeds: int = 6
-    chunk_steps: int = 5_000
+    setups: Annotated[tuple[str, ...], non_empty, each(one_of(*SETUPS)), distinct] = (
+        "correlated-pairs", "anticorrelated-pairs", "three-correlated-pairs", "independent-pairs")
+    d_hidden: PositiveInt = 2
+    feature_probabilities: Probabilities = (0.2, 0.1, 0.05, 0.02)
+    model: common.ToyModel = "relu"
+    n_seeds: PositiveInt = 6
+    chunk_steps: PositiveInt = 5_000
 
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(self, "d_hidden", "n_seeds", "n_steps", "batch_size", "chunk_steps", "log_every")
-        check_choices(self, "setups", SETUPS)
-        if len(set(self.setups)) != len(self.setups):
-            fail("setups", self.setups, "a list without repeats")
-        check_probabilities(self, "feature_probabilities")
+    def check(self) -> None:
+        """An anticorrelated pair fires with probability 2p, so p <= 0.5 there."""
+        super().check()
         if any("anticorrelated" in SETUPS[s] for s in self.setups) and max(self.feature_probabilities) > 0.5:
             fail("feature_probabilities", self.feature_probabilities,
                  "<= 0.5 with an anticorrelated setup (its pair fires with probability 2p)")
-        check_choices(self, "model", MODEL_KINDS)
 
 
 QUICK = {"n_steps": 3_000, "n_seeds": 2, "chunk_steps": 3_000, "feature_probabilities": (0.2, 0.1, 0.05)}
@@ -145,7 +141,7 @@ def pair_label(cosine: float | None) -> str:
     return "collapsed"
 
 
-def pair_cosines(W: np.ndarray, n_pairs: int, threshold: float = REPRESENTED) -> list[float | None]:
+def pair_cosines(W: np.ndarray, n_pairs: int, threshold: float = REPRESENTED_NORM) -> list[float | None]:
     """cos(W_{2k}, W_{2k+1}) for k < n_pairs; None where a member has ‖W_i‖ <= threshold."""
     out: list[float | None] = []
     for k in range(n_pairs):
@@ -175,13 +171,11 @@ def _count_labels(items: list[tuple[str, float | None]]) -> dict[str, dict[str, 
     return out
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, write the figures (process 0), return the summary (written by the caller)."""
-    grid, hparams, keys, trainer = build(cfg)
-    result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
-    W = np.asarray(result.state.params.W)  # (instance, hidden, feature)
-    per = common.toy_metrics(W)
-    final_loss, finite = common.final_losses(result)
+    grid, result, W, per, final_loss, finite = common.train_toy(
+        NAME, cfg, build(cfg), out_dir, progress=progress, execution=execution
+    )
     best = common.best_along(grid, final_loss, finite)  # (setup, prob)
     W_best = common.take_best(grid, W, best)  # (setup, prob, hidden, feature)
     kinds, used = setup_arrays(cfg)
@@ -219,7 +213,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     best_pairs = [(kind, cos) for cell in cells for kind, cos in zip(cell["pair_kinds"], cell["pair_cosines"])]
 
     if is_primary():
-        figures = out_dir / "figures"
+        figures = out_dir.figures
         n = used.shape[1]
         n_probs = len(cfg.feature_probabilities)
         notes = [[f"{cell['geometry']}\n{_pair_note(cell)}" for cell in cells[a * n_probs:(a + 1) * n_probs]]
@@ -227,17 +221,16 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
         colours = pair_colors(n)
         legend = [(f"pair {k} (features {2 * k}, {2 * k + 1})", colours[2 * k], "-") for k in range(n // 2)]
         legend.append(("second member of a pair", "0.4", "--"))
-        feature_diagrams(
-            W_best, figures / "correlated.png", colors_=colours,
+        plots.save(plots.feature_diagrams(
+            W_best, colors_=colours,
             linestyles=[["-" if i % 2 == 0 else "--" for i in range(n)]] * len(cfg.setups),
             mask=used, row_labels=[_ROW_LABELS[s] for s in cfg.setups],
             col_labels=[f"1−S = {p:g}" for p in cfg.feature_probabilities], notes=notes, legend=legend,
             title=f"{cfg.model} model, feature pairs in m={cfg.d_hidden} dims, equal importance "
                   f"(lowest-loss of {cfg.n_seeds} seeds)",
-        )
-        labels = [f"{c['setup']} p={c['feature_probability']:g}" for c in (grid.coords(i) for i in range(grid.size))]
-        first_seed = np.flatnonzero(grid.column("seed") == 0)
-        plots.loss_curves(result.losses[first_seed], [labels[i] for i in first_seed], figures / "loss.png", log_every=cfg.log_every)
+        ), figures / "correlated.png")
+        plots.save(common.seed_loss_curves(grid, result, lambda c: f"{c['setup']} p={c['feature_probability']:g}", log_every=cfg.log_every),
+                   figures / "loss.png")
 
     instances = common.instance_records(grid, final_loss, finite, per)
     for i, record in enumerate(instances):

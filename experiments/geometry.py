@@ -25,62 +25,48 @@ a dedicated feature (D = 1) then reads e.g. 0.7. The summary therefore also coun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
 
 from . import common
 from superpos_jax.toy import metrics
-from superpos_jax.config import check_positive_int, fail
+from superpos_jax.config import PositiveFloat, PositiveInt, fail, in_range, positive
 from superpos_jax.toy.samplers import uniform_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
+from superpos_jax.toy.geometry import OTHER, fraction_counts, fraction_label
 from superpos_jax.toy.models import toy_hparams
-from superpos_jax.plots.base import loss_curves
-from superpos_jax.plots.geometry import fraction_label, geometry_figure
+from superpos_jax import plots
 from superpos_jax.engine.sweep import Grid
 
 NAME = "geometry"
 DESCRIPTION = "uniform-importance ReLU model across sparsity: dims per feature stick at 1 and 1/2; D_i cluster at polytope fractions"
 
-NOT_LEARNED = "0"
-OTHER = "other"
-
-
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    n_features: int = 200
-    d_hidden: int = 20
-    max_feature_probability: float = 1.0
-    min_feature_probability: float = 0.05
-    n_probabilities: int = 20
-    n_seeds: int = 2
-    log_every: int = 50
-    fractions: tuple[float, ...] = (1.0, 0.75, 2 / 3, 0.5, 0.4, 0.375)
-    tolerance: float = 0.03
-    represented_threshold: float = 0.5
+    n_features: PositiveInt = 200
+    d_hidden: PositiveInt = 20
+    max_feature_probability: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 1.0
+    min_feature_probability: Annotated[float, positive] = 0.05
+    n_probabilities: PositiveInt = 20
+    n_seeds: PositiveInt = 2
+    log_every: PositiveInt = 50
+    fractions: common.Fractions = (1.0, 0.75, 2 / 3, 0.5, 0.4, 0.375)
+    tolerance: Annotated[float, in_range(0.0, 0.5, closed="()")] = 0.03
+    represented_threshold: PositiveFloat = metrics.REPRESENTED_NORM
 
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(
-            self, "n_features", "d_hidden", "n_probabilities", "n_seeds", "n_steps", "batch_size", "chunk_steps", "log_every"
-        )
-        if len(self.fractions) == 0 or not all(0.0 < f <= 1.0 for f in self.fractions):
-            fail("fractions", self.fractions, "a non-empty list of values in (0, 1]")
-        if not 0.0 < self.max_feature_probability <= 1.0:
-            fail("max_feature_probability", self.max_feature_probability, "in (0, 1]")
-        if not 0.0 < self.min_feature_probability <= self.max_feature_probability:
-            fail("min_feature_probability", self.min_feature_probability, f"in (0, max_feature_probability={self.max_feature_probability}]")
+    def check(self) -> None:
+        """min_feature_probability <= max_feature_probability; d_hidden < n_features."""
+        super().check()
+        if self.min_feature_probability > self.max_feature_probability:
+            fail("min_feature_probability", self.min_feature_probability,
+                 f"in (0, max_feature_probability={self.max_feature_probability}]")
         if self.d_hidden >= self.n_features:
             fail("d_hidden", self.d_hidden, f"< n_features={self.n_features} (superposition needs more features than dimensions)")
-        if not 0.0 < self.tolerance < 0.5:
-            fail("tolerance", self.tolerance, "in (0, 0.5)")
-        if not self.represented_threshold > 0:
-            fail("represented_threshold", self.represented_threshold, "> 0")
 
 
 QUICK = {"n_features": 100, "d_hidden": 10, "n_probabilities": 12, "n_seeds": 1, "n_steps": 2_500, "chunk_steps": 2_500}
@@ -90,26 +76,6 @@ def feature_probabilities(cfg: Config) -> tuple[float, ...]:
     """The swept 1 − S, log-evenly from `max_feature_probability` down to `min_feature_probability`."""
     values = np.geomspace(cfg.max_feature_probability, cfg.min_feature_probability, cfg.n_probabilities)
     return tuple(float(f"{v:.6g}") for v in values)
-
-
-def nearest_fraction(values: np.ndarray, fractions: tuple[float, ...], tolerance: float) -> list[str]:
-    """Per value, the label of the nearest of `fractions` or of 0 ("0": not learned) when it
-    lies within `tolerance` of it, else "other". Non-finite values are "other"."""
-    values = np.asarray(values, np.float64).ravel()
-    targets = np.asarray((*fractions, 0.0), np.float64)
-    labels = [fraction_label(f) for f in fractions] + [NOT_LEARNED]
-    distance = np.abs(values[:, None] - targets[None, :])
-    nearest = np.argmin(np.where(np.isfinite(distance), distance, np.inf), axis=1)
-    close = np.take_along_axis(distance, nearest[:, None], axis=1)[:, 0] <= tolerance
-    return [labels[k] if c else OTHER for k, c in zip(nearest, close)]
-
-
-def fraction_counts(values: np.ndarray, fractions: tuple[float, ...], tolerance: float) -> dict[str, int]:
-    """How many finite `values` `nearest_fraction` puts at each fraction, at "0", or "other"."""
-    values = np.asarray(values, np.float64).ravel()
-    found = nearest_fraction(values[np.isfinite(values)], fractions, tolerance)
-    keys = [fraction_label(f) for f in fractions] + [NOT_LEARNED, OTHER]
-    return {k: found.count(k) for k in keys}
 
 
 def build(cfg: Config):
@@ -123,16 +89,14 @@ def build(cfg: Config):
     return grid, hparams, common.seed_keys(cfg.seed, grid), trainer
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, write the figures (process 0), return the summary (written by the caller)."""
-    grid, hparams, keys, trainer = build(cfg)
-    result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
-    W = np.asarray(result.state.params.W)  # (instance, hidden, feature)
-    per = common.toy_metrics(W)
+    grid, result, W, per, final_loss, ok = common.train_toy(
+        NAME, cfg, build(cfg), out_dir, progress=progress, execution=execution
+    )
     per["represented_dimensionality"] = np.asarray(
         jax.vmap(lambda w: metrics.represented_dimensionality(w, cfg.represented_threshold))(jnp.asarray(W, jnp.float32))
     )
-    final_loss, ok = common.final_losses(result)
     probs = np.asarray(feature_probabilities(cfg))
     bad = ~ok
     dpf = grid.fold(np.where(bad, np.nan, per["dimensions_per_feature"]))  # (prob, seed)
@@ -140,16 +104,15 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     rep_dims = grid.fold(per["represented_dimensionality"])
     represented = grid.fold(per["feature_norms"] > cfg.represented_threshold)
     if is_primary():
-        figures = out_dir / "figures"
-        geometry_figure(
-            probs, dpf, dims, cfg.fractions, figures / "geometry.png",
+        figures = out_dir.figures
+        plots.save(plots.geometry_figure(
+            probs, dpf, dims, cfg.fractions,
             represented=represented, threshold=cfg.represented_threshold,
             title=f"n={cfg.n_features}, m={cfg.d_hidden}, uniform importance, ReLU output "
                   f"({cfg.n_seeds} seed{'s' if cfg.n_seeds > 1 else ''}, {cfg.n_steps} steps)",
-        )
-        first_seed = np.flatnonzero(grid.column("seed") == 0)
-        labels = [f"1−S={grid.coords(i)['feature_probability']:.3g}" for i in first_seed]
-        loss_curves(result.losses[first_seed], labels, figures / "loss.png", log_every=cfg.log_every)
+        ), figures / "geometry.png")
+        plots.save(common.seed_loss_curves(grid, result, lambda c: f"1−S={c['feature_probability']:.3g}",
+                                           log_every=cfg.log_every), figures / "loss.png")
 
     per_sparsity = []
     for a, p in enumerate(probs):

@@ -26,25 +26,21 @@ found non-induction solutions in our probes; the defaults form induction heads i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import common
-from superpos_jax.config import check_positive_int, fail
+from superpos_jax.config import NonNegativeInt, PositiveFloat, PositiveInt, fail, unit_open
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 from superpos_jax.lm.induction import RandomPeriodRepeats, induction_observables
 from superpos_jax.lm.task import RepeatedTokens, lm_task
 from superpos_jax.lm.transformer import TransformerConfig, forward
-from superpos_jax.plots.attention import (
-    attention_patterns_figure,
-    phase_change_loss_figure,
-    score_trajectories_figure,
-)
+from superpos_jax import plots
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import make_trainer
 
@@ -54,47 +50,37 @@ DESCRIPTION = "2-layer attention-only transformer on repeated random tokens: ind
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 4
-    d_vocab: int = 64
-    half: int = 16
-    min_period: int = 6
-    n_seeds: int = 3
-    n_eval: int = 16
-    eval_seed: int = 12345
-    n_steps: int = 1_500
-    chunk_steps: int = 1_500
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    log_every: int = 10
-    induction_threshold: float = 0.4
-    previous_threshold: float = 0.3
+    model: TransformerConfig = TransformerConfig(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=33, d_vocab=64, attn_only=True)
+    """The transformer; its context is BOS + a random half of (n_ctx - 1) / 2 tokens, repeated."""
+    min_period: PositiveInt = 6
+    n_seeds: PositiveInt = 3
+    n_eval: PositiveInt = 16
+    eval_seed: NonNegativeInt = 12345
+    n_steps: PositiveInt = 1_500
+    chunk_steps: PositiveInt = 1_500
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 1e-3
+    log_every: PositiveInt = 10
+    induction_threshold: Annotated[float, unit_open] = 0.4
+    previous_threshold: Annotated[float, unit_open] = 0.3
 
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(self, "n_layers", "d_model", "n_heads", "d_vocab", "half", "min_period", "n_seeds", "n_eval")
-        if self.d_model % self.n_heads:
-            fail("d_model", self.d_model, f"a multiple of n_heads={self.n_heads}")
-        if self.n_layers < 2:
-            fail("n_layers", self.n_layers, ">= 2 (an induction head composes with an earlier layer)")
-        if self.d_vocab < 3:
-            fail("d_vocab", self.d_vocab, ">= 3")
-        if self.half < 2:
-            fail("half", self.half, ">= 2")
+    @property
+    def half(self) -> int:
+        """Length of the repeated half: the context is [BOS, r, r] with |r| = half."""
+        return (self.model.n_ctx - 1) // 2
+
+    def check(self) -> None:
+        """model.n_layers >= 2, model.d_vocab >= 3, model.n_ctx odd and >= 5, min_period <= half."""
+        super().check()
+        if self.model.n_layers < 2:
+            fail("model.n_layers", self.model.n_layers, ">= 2 (an induction head composes with an earlier layer)")
+        if self.model.d_vocab < 3:
+            fail("model.d_vocab", self.model.d_vocab, ">= 3")
+        if self.model.n_ctx % 2 == 0 or self.model.n_ctx < 5:
+            fail("model.n_ctx", self.model.n_ctx, "odd and >= 5 (BOS and two copies of a half of at least 2 tokens)")
         if self.min_period > self.half:
-            fail("min_period", self.min_period, f"<= half={self.half}")
-        if isinstance(self.eval_seed, bool) or not isinstance(self.eval_seed, int) or self.eval_seed < 0:
-            fail("eval_seed", self.eval_seed, "a non-negative integer")
-        for name in ("induction_threshold", "previous_threshold"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                fail(name, getattr(self, name), "in (0, 1)")
-
-    def model(self) -> TransformerConfig:
-        return TransformerConfig(
-            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_model // self.n_heads,
-            n_ctx=2 * self.half + 1, d_vocab=self.d_vocab, attn_only=True,
-        )
+            fail("min_period", self.min_period, f"<= half = (model.n_ctx - 1) / 2 = {self.half}")
 
 
 QUICK = {"n_seeds": 2, "n_steps": 600, "chunk_steps": 600}
@@ -102,14 +88,14 @@ QUICK = {"n_seeds": 2, "n_steps": 600, "chunk_steps": 600}
 
 def eval_tokens(cfg: Config) -> np.ndarray:
     """The fixed evaluation batch [BOS, r, r], int32 (n_eval, 2·half + 1)."""
-    return np.asarray(RepeatedTokens(cfg.d_vocab, cfg.half).sample(jax.random.key(cfg.eval_seed), cfg.n_eval))
+    return np.asarray(RepeatedTokens(cfg.model.d_vocab, cfg.half).sample(jax.random.key(cfg.eval_seed), cfg.n_eval))
 
 
 def build(cfg: Config):
     """The grid (seeds), per-instance hparams, keys and the observing trainer."""
     grid = Grid({"seed": range(cfg.n_seeds)})
-    source = RandomPeriodRepeats(cfg.d_vocab, 2 * cfg.half + 1, cfg.min_period, cfg.half)
-    task = lm_task(cfg.model(), source, cfg.batch_size)
+    source = RandomPeriodRepeats(cfg.model.d_vocab, 2 * cfg.half + 1, cfg.min_period, cfg.half)
+    task = lm_task(cfg.model, source, cfg.batch_size)
     tokens = eval_tokens(cfg)
 
     def observe(params, hparams) -> dict[str, jax.Array]:
@@ -141,7 +127,7 @@ def _round(x: np.ndarray, digits: int = 4) -> Any:
     return np.round(np.asarray(x, np.float64), digits).tolist()
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train every seed in one sweep, find the phase change, write the figures, return the summary."""
     grid, hparams, keys, trainer = build(cfg)
     result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
@@ -174,35 +160,34 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     prev_head = np.unravel_index(int(np.argmax(previous[shown, -1])), previous.shape[2:])
     params = jax.tree.map(lambda x: x[shown], result.state.params)
     tokens = eval_tokens(cfg)[:1]
-    names = [f"blocks.{i}.attn.pattern" for i in range(cfg.n_layers)]
+    names = [f"blocks.{i}.attn.pattern" for i in range(cfg.model.n_layers)]
     _, cache = jax.jit(lambda p, t: forward(p, t, cache_names=names))(params, jnp.asarray(tokens))
     pattern = {(l, h): np.asarray(cache[names[l]][0, h]) for (l, h) in (tuple(map(int, ind_head)), tuple(map(int, prev_head)))}
     prev_key, ind_key = tuple(map(int, prev_head)), tuple(map(int, ind_head))
 
     phase_steps = [r["phase_change_step"] for r in seeds]
     if is_primary():
-        figures = out_dir / "figures"
-        model = (f"2-layer attention-only, d_model={cfg.d_model}, {cfg.n_heads} heads, vocab {cfg.d_vocab}; "
+        figures = out_dir.figures
+        model = (f"2-layer attention-only, d_model={cfg.model.d_model}, {cfg.model.n_heads} heads, vocab {cfg.model.d_vocab}; "
                  f"repeats of period {cfg.min_period}..{cfg.half}, evaluated on [BOS, r, r] with |r|={cfg.half}")
-        phase_change_loss_figure(
-            steps, result.losses, first, repeat, figures / "loss.png", phase_steps=phase_steps,
-            chance=float(np.log(cfg.d_vocab - 1)), title=model + "\ndashed: phase change (repeat loss < ½ initial)",
-        )
-        score_trajectories_figure(
-            steps, induction, previous, repeat, figures / "head_scores.png", phase_steps=phase_steps,
+        plots.save(plots.phase_change_loss_figure(
+            steps, result.losses, first, repeat, phase_steps=phase_steps,
+            chance=float(np.log(cfg.model.d_vocab - 1)), title=model + "\ndashed: phase change (repeat loss < ½ initial)",
+        ), figures / "loss.png")
+        plots.save(plots.score_trajectories_figure(
+            steps, induction, previous, repeat, phase_steps=phase_steps,
             title=model + "\none line per head (blue: layer 0, red: layer 1); dashed: phase change",
-        )
-        attention_patterns_figure(
+        ), figures / "head_scores.png")
+        plots.save(plots.attention_patterns_figure(
             tokens[0], [pattern[prev_key], pattern[ind_key]],
             [f"previous-token head {prev_key[0]}.{prev_key[1]} (score {previous[shown, -1][prev_key]:.2f})",
              f"induction head {ind_key[0]}.{ind_key[1]} (score {induction[shown, -1][ind_key]:.2f})"],
-            figures / "attention_patterns.png",
             title=f"seed {shown}, end of training, one evaluation sequence [BOS, r, r]",
-        )
+        ), figures / "attention_patterns.png")
 
     return {
         **common.run_record(grid, result, ok),
-        "chance_loss": float(np.log(cfg.d_vocab - 1)),
+        "chance_loss": float(np.log(cfg.model.d_vocab - 1)),
         "seeds": seeds,
         "n_seeds_with_induction_head": int(sum(any(l >= 1 for l, _ in r["induction_heads"]) for r in seeds)),
         "attention_figure": {"seed": shown, "previous_token_head": list(prev_key), "induction_head": list(ind_key),

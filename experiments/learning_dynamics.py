@@ -30,23 +30,22 @@ of a feature holding that dimension alone from 1 to ≈ 0.75. The summary also r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import common
-from .geometry import NOT_LEARNED, OTHER, fraction_counts, nearest_fraction
 from superpos_jax.toy import metrics
-from superpos_jax.config import check_positive_int, check_probabilities, fail
+from superpos_jax.config import PositiveFloat, PositiveInt, Probabilities, fail, in_range, unit_open
 from superpos_jax.toy.samplers import uniform_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
+from superpos_jax.toy.geometry import NOT_LEARNED, OTHER, fraction_counts, fraction_label, nearest_fraction
 from superpos_jax.toy.models import toy_hparams, toy_task
-from superpos_jax.plots.dynamics import dynamics_figure
-from superpos_jax.plots.geometry import fraction_label
+from superpos_jax import plots
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import make_trainer
 
@@ -56,48 +55,31 @@ DESCRIPTION = "feature dimensionalities tracked inside the training scan: discre
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    n_features: int = 20
-    d_hidden: int = 5
-    feature_probabilities: tuple[float, ...] = (0.5, 0.4, 0.3)
-    n_seeds: int = 8
-    init_scale: float = 0.1
-    n_steps: int = 50_000
-    chunk_steps: int = 10_000
-    log_every: int = 25
-    jump_threshold: float = 0.15
-    jump_decades: float = 0.2
-    plateau_tolerance: float = 0.05
-    plateau_decades: float = 0.3
-    points_per_decade: int = 20
-    fractions: tuple[float, ...] = (1.0, 0.75, 2 / 3, 0.5, 0.4, 0.375)
-    tolerance: float = 0.05
-    represented_threshold: float = 0.5
-    n_shown_seeds: int = 2
+    n_features: PositiveInt = 20
+    d_hidden: PositiveInt = 5
+    feature_probabilities: Probabilities = (0.5, 0.4, 0.3)
+    n_seeds: PositiveInt = 8
+    init_scale: PositiveFloat = 0.1
+    n_steps: PositiveInt = 50_000
+    chunk_steps: PositiveInt = 10_000
+    log_every: PositiveInt = 25
+    jump_threshold: Annotated[float, unit_open] = 0.15
+    jump_decades: PositiveFloat = 0.2
+    plateau_tolerance: PositiveFloat = 0.05
+    plateau_decades: PositiveFloat = 0.3
+    points_per_decade: PositiveInt = 20
+    fractions: common.Fractions = (1.0, 0.75, 2 / 3, 0.5, 0.4, 0.375)
+    tolerance: Annotated[float, in_range(0.0, 0.5, closed="()")] = 0.05
+    represented_threshold: PositiveFloat = metrics.REPRESENTED_NORM
+    n_shown_seeds: PositiveInt = 2
 
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(
-            self, "n_features", "d_hidden", "n_seeds", "n_steps", "batch_size", "chunk_steps", "log_every",
-            "points_per_decade", "n_shown_seeds",
-        )
-        check_probabilities(self, "feature_probabilities")
+    def check(self) -> None:
+        """d_hidden < n_features; plateau_tolerance < jump_threshold; n_steps >= 100 log_every."""
+        super().check()
         if self.d_hidden >= self.n_features:
             fail("d_hidden", self.d_hidden, f"< n_features={self.n_features} (superposition needs more features than dimensions)")
-        if not self.init_scale > 0:
-            fail("init_scale", self.init_scale, "> 0")
-        if not 0.0 < self.jump_threshold < 1.0:
-            fail("jump_threshold", self.jump_threshold, "in (0, 1)")
-        for name in ("jump_decades", "plateau_decades"):
-            if not getattr(self, name) > 0:
-                fail(name, getattr(self, name), "> 0")
-        if not 0.0 < self.plateau_tolerance < self.jump_threshold:
+        if not self.plateau_tolerance < self.jump_threshold:
             fail("plateau_tolerance", self.plateau_tolerance, f"in (0, jump_threshold={self.jump_threshold})")
-        if len(self.fractions) == 0 or not all(0.0 < f <= 1.0 for f in self.fractions):
-            fail("fractions", self.fractions, "a non-empty list of values in (0, 1]")
-        if not 0.0 < self.tolerance < 0.5:
-            fail("tolerance", self.tolerance, "in (0, 0.5)")
-        if not self.represented_threshold > 0:
-            fail("represented_threshold", self.represented_threshold, "> 0")
         if self.n_steps < 100 * self.log_every:
             fail("n_steps", self.n_steps, f">= 100 × log_every = {100 * self.log_every} (two decades of logged windows)")
 
@@ -193,7 +175,7 @@ def build(cfg: Config):
     return grid, hparams, common.seed_keys(cfg.seed, grid), trainer
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, detect the jumps, write the figure (process 0), return the summary."""
     grid, hparams, keys, trainer = build(cfg)
     result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
@@ -218,14 +200,14 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     n_shown = min(cfg.n_shown_seeds, cfg.n_seeds)
     shown = grid.fold(np.arange(grid.size))[:, :n_shown].T  # (shown seed, probability) -> instance
     if is_primary():
-        dynamics_figure(
+        plots.save(plots.dynamics_figure(
             steps, D[shown], result.losses[shown],
             [[f"1−S = {grid.coords(int(i))['feature_probability']:g}, seed {grid.coords(int(i))['seed']}" for i in row] for row in shown],
-            cfg.fractions, out_dir / "figures" / "learning_dynamics.png",
+            cfg.fractions,
             jumps=[[[j["start_step"] for j in jumps[int(i)]] for i in row] for row in shown],
             title=f"n={cfg.n_features}, m={cfg.d_hidden}, uniform importance, ReLU output, init ×{cfg.init_scale:g}\n"
                   "D_i of every feature (one line each) above the loss;  ▼ = detected jump",
-        )
+        ), out_dir.figures / "learning_dynamics.png")
 
     trajectories = []
     for i in shown.ravel():

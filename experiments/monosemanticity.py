@@ -26,29 +26,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import common
 from superpos_jax import plots
 from superpos_jax.lm import browser
 from superpos_jax.lm import steering
-from superpos_jax.config import check_choices, check_positive_int, fail, to_dict
+from superpos_jax.config import PositiveFloat, PositiveInt, each, fail, library_errors, non_empty, one_of, positive
 from superpos_jax.lm.corpus import Corpus, eval_windows, load_corpus, sample_windows, unigram_cross_entropy
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
-from superpos_jax.lm.interventions import SpliceSAE, ZeroAblate
+from superpos_jax.rundir import RunDir
+from superpos_jax.lm import activations
+from superpos_jax.lm.interventions import ZeroAblate
 from superpos_jax.lm.task import CorpusWindows, lm_task
 from superpos_jax.sae import architectures as sae_lib
-from superpos_jax.lm.transformer import TransformerConfig, TransformerParams, forward, per_token_loss
+from superpos_jax.lm.transformer import TransformerConfig, forward
 from superpos_jax.plots import sae as sae_plots
-from superpos_jax.plots.base import save
+from superpos_jax.plots.base import new_figure, save
 from superpos_jax.sae.sources import ArrayRows
-from superpos_jax.sae.io import inference_params, save_sae
+from superpos_jax.sae.io import save_sae
+from superpos_jax.sae.model import SAE
 from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
-from superpos_jax.engine.sweep import Grid, run_sweep
+from superpos_jax.engine.sweep import Grid
 from superpos_jax.lm.tokenizers import ByteTokenizer
 from superpos_jax.engine.optim import OptimConfig
 from superpos_jax.engine.trainer import make_trainer
@@ -60,104 +64,72 @@ HOOK = "blocks.0.mlp.post"
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(common.RunConfig):
+    """`n_steps` and `chunk_steps` are the language model's; the SAE sweep trains `sae_steps`
+    in chunks of `chunk_steps`. `model` is the language model (byte tokens: d_vocab 256; its
+    heads are `d_head` wide whatever `d_model` is)."""
+
+    STEP_FIELDS = (*common.RunConfig.STEP_FIELDS, "sae_steps")
+
     corpus_dir: str | None = None
-    max_bytes: int = 4_000_000
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
-    n_ctx: int = 64
-    n_seeds: int = 1
-    n_steps: int = 3_000  # language-model steps
-    lm_batch: int = 32
-    lm_learning_rate: float = 3e-3
-    harvest_windows: int = 2_048
-    eval_windows: int = 256
-    sae_kind: str = "topk"
-    sae_expansion: int = 2
-    sae_coefficients: tuple[float, ...] = (16.0, 32.0)
-    sae_steps: int = 2_000
-    sae_batch: int = 512
-    sae_learning_rate: float = 1e-3
-    chunk_steps: int = 1_000
-    log_every: int = 50
-    browser_units: int = 40
+    max_bytes: PositiveInt = 4_000_000
+    model: TransformerConfig = TransformerConfig(
+        n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=64, d_vocab=256, act="relu")
+    n_seeds: PositiveInt = 1
+    n_steps: PositiveInt = 3_000
+    lm_batch: PositiveInt = 32
+    lm_learning_rate: PositiveFloat = 3e-3
+    harvest_windows: PositiveInt = 2_048
+    eval_windows: PositiveInt = 256
+    sae_kind: Annotated[str, one_of(*sae_lib.names())] = "topk"
+    sae_expansion: PositiveInt = 2
+    sae_coefficients: Annotated[tuple[float, ...], non_empty, each(positive)] = (16.0, 32.0)
+    """k (TopK family) or λ of each SAE in the sweep."""
+    sae_steps: PositiveInt = 2_000
+    sae_batch: PositiveInt = 512
+    sae_learning_rate: PositiveFloat = 1e-3
+    chunk_steps: PositiveInt = 1_000
+    log_every: PositiveInt = 50
+    browser_units: PositiveInt = 40
     steer_prompt: str = "def __init__(self"
     steer_multiples: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0)
 
-    def validate(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            fail("seed", self.seed, "a non-negative integer")
-        check_positive_int(self, "max_bytes", "d_model", "n_heads", "d_mlp", "n_ctx", "n_seeds", "n_steps",
-                           "lm_batch", "harvest_windows", "eval_windows", "sae_expansion", "sae_steps",
-                           "sae_batch", "chunk_steps", "log_every", "browser_units")
-        check_choices(self, "sae_kind", sae_lib.SAE_KINDS)
-        if self.d_model % self.n_heads:
-            fail("d_model", self.d_model, f"a multiple of n_heads={self.n_heads}")
-        for name in ("lm_learning_rate", "sae_learning_rate"):
-            if not getattr(self, name) > 0:
-                fail(name, getattr(self, name), "> 0")
-        for name in ("n_steps", "sae_steps", "chunk_steps"):
-            if getattr(self, name) % self.log_every:
-                fail(name, getattr(self, name), f"a multiple of log_every={self.log_every}")
-        if not self.sae_coefficients or any(not c > 0 for c in self.sae_coefficients):
-            fail("sae_coefficients", self.sae_coefficients, "a non-empty tuple of values > 0 (k or λ)")
-        if self.sae_kind in ("topk", "batchtopk") and any(c != int(c) or c > self.d_mlp * self.sae_expansion
+    def check(self) -> None:
+        """Byte tokens (model.d_vocab = 256) and an MLP to read; integer k within the
+        dictionary for a TopK SAE; a prompt shorter than the context; an existing corpus_dir;
+        the SAE's `SAETraining` accepts the values."""
+        super().check()
+        if self.model.d_vocab != 256:
+            fail("model.d_vocab", self.model.d_vocab, "256 (the corpus is byte tokens)")
+        if self.model.attn_only:
+            fail("model.attn_only", self.model.attn_only, f"false (the SAEs read {HOOK})")
+        if sae_lib.get(self.sae_kind).swept == "k" and any(c != int(c) or c > self.model.d_mlp * self.sae_expansion
                                                           for c in self.sae_coefficients):
             fail("sae_coefficients", self.sae_coefficients, "integers k <= the dictionary size for a TopK SAE")
-        if len(self.steer_prompt.encode()) + 1 > self.n_ctx:
-            fail("steer_prompt", self.steer_prompt, f"shorter than n_ctx={self.n_ctx} bytes")
+        if len(self.steer_prompt.encode()) + 1 > self.model.n_ctx:
+            fail("steer_prompt", self.steer_prompt, f"shorter than model.n_ctx={self.model.n_ctx} bytes")
         if self.corpus_dir is not None and not Path(self.corpus_dir).is_dir():
             fail("corpus_dir", self.corpus_dir, "an existing directory of text files")
+        with library_errors("sae_kind"):
+            sae_training(self)
 
 
 QUICK = {
-    "max_bytes": 400_000, "d_model": 32, "n_heads": 2, "d_mlp": 128, "n_ctx": 32, "n_steps": 400,
+    "max_bytes": 400_000, "model.d_model": 32, "model.n_heads": 2, "model.d_head": 16, "model.d_mlp": 128,
+    "model.n_ctx": 32, "n_steps": 400,
     "harvest_windows": 512, "eval_windows": 64, "sae_steps": 400, "sae_batch": 256, "sae_coefficients": (8.0, 16.0),
     "chunk_steps": 400, "browser_units": 12, "steer_prompt": "def ",
 }
 
 
-def model_config(cfg: Config) -> TransformerConfig:
-    return TransformerConfig(n_layers=1, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_model // cfg.n_heads,
-                             d_mlp=cfg.d_mlp, n_ctx=cfg.n_ctx, d_vocab=256, act="relu")
-
-
 def sae_training(cfg: Config) -> SAETraining:
-    return SAETraining(cfg.sae_kind, cfg.d_mlp, cfg.d_mlp * cfg.sae_expansion, batch_size=cfg.sae_batch,
-                       dead_steps=max(cfg.sae_steps // 4, 1), recipe="2024" if cfg.sae_kind in ("relu", "gated") else "2023",
+    return SAETraining(cfg.sae_kind, cfg.model.d_mlp, cfg.model.d_mlp * cfg.sae_expansion, batch_size=cfg.sae_batch,
+                       dead_steps=max(cfg.sae_steps // 4, 1), recipe="2024" if "2024" in sae_lib.get(cfg.sae_kind).recipes else "2023",
                        resample_every=0, l1_warmup_steps=cfg.sae_steps // 20)
 
 
 def _take(tree: Any, i: int) -> Any:
     return jax.tree.map(lambda a: jnp.asarray(a[i]), tree)
-
-
-def _fingerprint(cfg: Config, corpus_fingerprint: str, stage: str) -> dict[str, Any]:
-    return {"experiment": NAME, "config": to_dict(cfg), "corpus": corpus_fingerprint, "stage": stage}
-
-
-@jax.jit
-def _batch_loss(params: TransformerParams, windows: jax.Array, hooks: dict) -> jax.Array:
-    return jnp.mean(per_token_loss(params, windows, hooks))
-
-
-@jax.jit
-def _mlp_acts(params: TransformerParams, windows: jax.Array) -> jax.Array:
-    return forward(params, windows, cache_names=(HOOK,))[1][HOOK]
-
-
-def _mean_loss(params: TransformerParams, windows: jax.Array, hooks: dict | None = None, batch: int = 64) -> float:
-    """Mean next-token loss over `windows`, in batches (one compiled program per hook structure)."""
-    losses = [float(_batch_loss(params, windows[i : i + batch], hooks or {})) for i in range(0, windows.shape[0], batch)]
-    sizes = [min(batch, windows.shape[0] - i) for i in range(0, windows.shape[0], batch)]
-    return float(np.average(losses, weights=sizes))
-
-
-def _harvest(params: TransformerParams, windows: jax.Array, batch: int = 64) -> np.ndarray:
-    """MLP activations (n_windows, pos, d_mlp) on `windows`."""
-    return np.concatenate([np.asarray(_mlp_acts(params, windows[i : i + batch])) for i in range(0, windows.shape[0], batch)])
 
 
 def build(cfg: Config, corpus: Corpus | None = None):
@@ -166,77 +138,71 @@ def build(cfg: Config, corpus: Corpus | None = None):
     grid = Grid({"seed": range(cfg.n_seeds)})
     optim = OptimConfig(name="adamw", learning_rate=cfg.lm_learning_rate, weight_decay=0.01, schedule="cosine",
                         warmup_steps=min(100, cfg.n_steps // 10), total_steps=cfg.n_steps, final_fraction=0.1)
-    trainer = make_trainer(lm_task(model_config(cfg), CorpusWindows(corpus.train, cfg.n_ctx), cfg.lm_batch), optim,
+    trainer = make_trainer(lm_task(cfg.model, CorpusWindows(corpus.train, cfg.model.n_ctx), cfg.lm_batch), optim,
                            log_every=cfg.log_every)
     hparams = {"learning_rate": np.full(grid.size, cfg.lm_learning_rate, np.float32)}
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed), s))(jnp.asarray(grid.column("seed"), jnp.uint32))
-    return grid, hparams, keys, trainer
+    return grid, hparams, common.seed_keys(cfg.seed, grid), trainer
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     corpus = load_corpus(cfg.corpus_dir, max_bytes=cfg.max_bytes)
-    figures = out_dir / "figures"
+    figures = out_dir.figures
+    corpus_fingerprint = {"corpus": corpus.fingerprint}
 
     # 1. the language model
     lm_grid, lm_hp, keys, trainer = build(cfg, corpus)
-    lm = run_sweep(trainer, lm_hp, keys, n_steps=cfg.n_steps, chunk_steps=cfg.chunk_steps,
-                   checkpoint_dir=out_dir / "checkpoints" / "lm", progress=progress, execution=execution, grid=lm_grid,
-                   fingerprint=_fingerprint(cfg, corpus.fingerprint, "lm"))
-    val = eval_windows(corpus.val, min(cfg.eval_windows, corpus.val.size // cfg.n_ctx), cfg.n_ctx)
-    val_losses = [_mean_loss(_take(lm.state.params, i), val) for i in range(cfg.n_seeds)]
+    lm = common.train(NAME, cfg, lm_grid, lm_hp, keys, trainer, out_dir, progress=progress, execution=execution,
+                      tag="lm", fingerprint=corpus_fingerprint)
+    val = eval_windows(corpus.val, min(cfg.eval_windows, corpus.val.size // cfg.model.n_ctx), cfg.model.n_ctx)
+    val_losses = [activations.loss_under_hooks(_take(lm.state.params, i), val) for i in range(cfg.n_seeds)]
     best_seed = int(np.nanargmin(val_losses))
     model = _take(lm.state.params, best_seed)
     unigram = unigram_cross_entropy(corpus.train, corpus.val, 256)
 
     # 2. activations
     harvest_key = jax.random.key(cfg.seed + 1)
-    train_windows = sample_windows(corpus.train, key=harvest_key, batch_size=cfg.harvest_windows, seq_len=cfg.n_ctx)
-    acts = _harvest(model, train_windows).reshape(-1, cfg.d_mlp)
-    val_acts = _harvest(model, val)  # (n_val, pos, d_mlp)
+    train_windows = sample_windows(corpus.train, key=harvest_key, batch_size=cfg.harvest_windows, seq_len=cfg.model.n_ctx)
+    acts = activations.harvest(model, train_windows, HOOK).reshape(-1, cfg.model.d_mlp)
+    val_acts = activations.harvest(model, val, HOOK)  # (n_val, pos, d_mlp)
 
     # 3. SAEs
     training = sae_training(cfg)
-    coef_name = "k" if cfg.sae_kind in ("topk", "batchtopk") else "l1_coefficient"
+    coef_name = training.arch.swept
     sae_grid = Grid({coef_name: cfg.sae_coefficients})
     sae_hp = sae_hparams(training, **{coef_name: np.asarray(cfg.sae_coefficients, np.float32)})
     sae_trainer = make_trainer(sae_task(training, ArrayRows(acts)), recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate),
                                log_every=cfg.log_every)
     sae_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed + 2), s))(jnp.arange(sae_grid.size, dtype=jnp.uint32))
-    saes = run_sweep(sae_trainer, sae_hp, sae_keys, n_steps=cfg.sae_steps, chunk_steps=cfg.chunk_steps,
-                     checkpoint_dir=out_dir / "checkpoints" / "sae", progress=progress, execution=execution, grid=sae_grid,
-                     fingerprint=_fingerprint(cfg, corpus.fingerprint, "sae"))
-    flat_val = jnp.asarray(val_acts.reshape(-1, cfg.d_mlp))
+    saes = common.train(NAME, cfg, sae_grid, sae_hp, sae_keys, sae_trainer, out_dir, progress=progress,
+                        execution=execution, tag="sae", n_steps=cfg.sae_steps, fingerprint=corpus_fingerprint)
+    flat_val = jnp.asarray(val_acts.reshape(-1, cfg.model.d_mlp))
     ev = batched_evaluate(training, saes.state, flat_val, sae_hp)
     ce_clean = val_losses[best_seed]
-    ce_ablated = _mean_loss(model, val, {HOOK: ZeroAblate()})
-    records, folded = [], []
+    ce_ablated = activations.loss_under_hooks(model, val, {HOOK: ZeroAblate()})
+    records, trained = [], []
     for i in range(sae_grid.size):
-        kind, params = inference_params(training.kind, _take(saes.state.params, i),
-                                        input_scale=float(saes.state.extra["input_scale"][i]),
-                                        threshold=float(saes.state.extra["threshold"][i]))
-        hp = {k: jnp.asarray(v[i]) for k, v in sae_hp.items()}
-        folded.append((params, hp))
-        ce_spliced = _mean_loss(model, val, {HOOK: SpliceSAE(params, kind, hp)})
-        recovered = (ce_ablated - ce_spliced) / max(ce_ablated - ce_clean, 1e-9)
+        sae = SAE.from_sweep(training, saes.state, sae_hp, i).inference()  # acts on raw activations
+        trained.append(sae)
+        ce = activations.ce_loss_recovered(model, sae, HOOK, val, clean=ce_clean, ablated=ce_ablated)
         records.append({
             "coords": sae_grid.coords(i), "l0": float(ev["l0"][i]), "fvu": float(ev["fvu"][i]),
-            "dead_fraction": float(np.mean(ev["fired"][i] == 0)), "ce_with_sae": ce_spliced,
-            "ce_loss_recovered": float(recovered), "final_train_loss": float(np.nanmean(saes.losses[i, -5:])),
+            "dead_fraction": float(np.mean(ev["fired"][i] == 0)), "ce_with_sae": ce.spliced,
+            "ce_loss_recovered": ce.recovered, "final_train_loss": float(np.nanmean(saes.losses[i, -5:])),
         })
     best = int(np.argmax([r["ce_loss_recovered"] for r in records]))
-    best_params, enc_hp = folded[best]
+    best_sae = trained[best]
 
     # 4. feature browser
-    f_val = np.asarray(jax.jit(lambda x: sae_lib.encode(kind, best_params, x, enc_hp))(flat_val)).reshape(val_acts.shape[:2] + (-1,))
+    f_val = np.asarray(jax.jit(lambda m, x: m.encode(x))(best_sae, flat_val)).reshape(val_acts.shape[:2] + (-1,))
     tokens = np.asarray(val)
     W_out, W_U = np.asarray(model.blocks[0].mlp.W_out), np.asarray(model.W_U)
-    feature_logits = np.asarray(best_params.W_dec).T @ W_out @ W_U  # (d_sae, vocab)
+    feature_logits = np.asarray(best_sae.decoder).T @ W_out @ W_U  # (d_sae, vocab)
     neuron_logits = W_out @ W_U  # (d_mlp, vocab)
     density = np.mean(f_val > 0, axis=(0, 1))
     alive = np.flatnonzero(density > 0)
     rng = np.random.default_rng(cfg.seed)
     shown = np.sort(rng.choice(alive, min(cfg.browser_units, alive.size), replace=False)) if alive.size else alive
-    neurons = np.arange(min(cfg.browser_units, cfg.d_mlp))
+    neurons = np.arange(min(cfg.browser_units, cfg.model.d_mlp))
     feature_entries = browser.describe_units(f_val, tokens, feature_logits, shown)
     neuron_entries = browser.describe_units(val_acts, tokens, neuron_logits, neurons)
     feature_purity = browser.top_token_purity(f_val[:, :, alive], tokens) if alive.size else np.zeros(0)
@@ -249,7 +215,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     max_act = float(f_val[:, :, pick].max()) if f_val.size else 0.0
     values = np.asarray([m * max_act for m in cfg.steer_multiples], np.float32)
     prompt = jnp.asarray(ByteTokenizer().encode(cfg.steer_prompt))[None, :]
-    steerable = steering.Steerable(model, kind, best_params, enc_hp, HOOK)
+    steerable = steering.Steerable(model, best_sae, HOOK)
     probs = steering.next_token_sweep(steerable, cfg.steer_prompt, pick, values)  # (n_values, vocab), one call
     clean_probs = np.asarray(jax.nn.softmax(forward(model, prompt, cache_names=())[0][0, -1]))
     steer_records = []
@@ -260,15 +226,14 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
                          "top_next_tokens": [[bytes([int(t)]).decode("latin-1"), float(p[t])] for t in top]})
 
     if is_primary():
-        save_transformer(out_dir / "model", model)
-        save_sae(out_dir / "sae", kind, best_params, hook_name=HOOK, model_name=f"superpos-{NAME}",
-                 k=int(enc_hp["k"]) if "k" in enc_hp else None)
+        save_transformer(out_dir.path("model"), model)
+        save_sae(best_sae, out_dir.path("sae"), hook_name=HOOK, model_name=f"superpos-{NAME}")
         _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram)
         browser.write_browser(
-            out_dir / "browser" / "index.html", f"{NAME}: SAE features vs MLP neurons",
+            out_dir.path("browser") / "index.html", f"{NAME}: SAE features vs MLP neurons",
             [(f"SAE features (random sample of live features of SAE {sae_grid.coords(best)})", feature_entries),
              ("MLP neurons (first ones)", neuron_entries)],
-            notes=(f"Model: 1 layer, d_model={cfg.d_model}, {cfg.d_mlp} ReLU neurons, byte tokens; validation loss "
+            notes=(f"Model: 1 layer, d_model={cfg.model.d_model}, {cfg.model.d_mlp} ReLU neurons, byte tokens; validation loss "
                    f"{ce_clean:.3f} nats (unigram {unigram:.3f}). Highlight = activation / the unit's max; "
                    f"logits = direct path through W_out and W_U (ignoring the final LayerNorm)."),
         )
@@ -290,15 +255,14 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
 
 
 def _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram):
-    plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], figures / "lm_loss.png",
-                      log_every=cfg.log_every)
-    plots.loss_curves(saes.losses, [str(r["coords"]) for r in records], figures / "sae_loss.png", log_every=cfg.log_every)
+    save(plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], log_every=cfg.log_every),
+         figures / "lm_loss.png")
+    save(plots.loss_curves(saes.losses, [str(r["coords"]) for r in records], log_every=cfg.log_every), figures / "sae_loss.png")
     save(sae_plots.density_histograms({"SAE features": density, "MLP neurons": neuron_density}), figures / "density.png")
     save(sae_plots.pareto(np.asarray([r["l0"] for r in records]), np.asarray([r["fvu"] for r in records]),
                           groups=[cfg.sae_kind] * len(records)), figures / "pareto.png")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    fig = new_figure((6.0, 3.8))
+    ax = fig.subplots()
     bins = np.linspace(0, 1, 21)
     for values, label in ((neuron_purity, "MLP neurons"), (feature_purity, "SAE features")):
         if values.size:

@@ -14,12 +14,13 @@ instances, about 10 minutes).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import phase_common
+from superpos_jax.config import PositiveInt
 from superpos_jax.toy import theory
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 
 NAME = "phase-2x1"
 DESCRIPTION = "n=2, m=1: is the extra feature dropped, dedicated or superposed? trained vs theoretical phase diagram"
@@ -28,9 +29,9 @@ N_FEATURES, D_HIDDEN = 2, 1
 
 @dataclass(frozen=True)
 class Config(phase_common.PhaseConfig):
-    n_importances: int = 30
-    n_densities: int = 30
-    theory_nodes: int = 64
+    n_importances: PositiveInt = 30
+    n_densities: PositiveInt = 30
+    theory_nodes: PositiveInt = 64
 
 
 QUICK = phase_common.QUICK
@@ -41,7 +42,7 @@ def build(cfg: Config):
     return phase_common.build(cfg, N_FEATURES, D_HIDDEN)
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, compute the theory, write the figure (process 0), return the summary."""
     return phase_common.run(
         NAME, cfg, out_dir, n_features=N_FEATURES, d_hidden=D_HIDDEN,

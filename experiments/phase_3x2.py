@@ -19,12 +19,12 @@ instances, roughly 25 minutes).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import phase_common
 from superpos_jax.toy import theory
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 
 NAME = "phase-3x2"
 DESCRIPTION = "n=3, m=2: is the extra feature dropped, dedicated or superposed? trained vs theoretical phase diagram"
@@ -44,7 +44,7 @@ def build(cfg: Config):
     return phase_common.build(cfg, N_FEATURES, D_HIDDEN)
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, compute the theory, write the figure (process 0), return the summary."""
     return phase_common.run(
         NAME, cfg, out_dir, n_features=N_FEATURES, d_hidden=D_HIDDEN,

@@ -22,8 +22,7 @@ This module has no NAME: it is not an experiment itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +31,12 @@ import numpy as np
 from . import common
 from superpos_jax.toy import metrics
 from superpos_jax.toy import theory
-from superpos_jax.config import check_choices, check_positive_int, fail
+from superpos_jax.config import PositiveFloat, PositiveInt, fail, in_range
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 from superpos_jax.toy.models import toy_hparams
-from superpos_jax.plots.phase import phase_diagram_figure
+from superpos_jax import plots
 from superpos_jax.engine.sweep import Grid
 
 
@@ -44,38 +44,26 @@ from superpos_jax.engine.sweep import Grid
 class PhaseConfig(common.TrainingConfig):
     """Shared fields; each experiment subclasses it (and may change defaults)."""
 
-    importance_min: float = 0.1
-    importance_max: float = 10.0
-    n_importances: int = 20
-    density_min: float = 0.01
-    density_max: float = 1.0
-    n_densities: int = 20
+    importance_min: PositiveFloat = 0.1
+    importance_max: PositiveFloat = 10.0
+    n_importances: PositiveInt = 20
+    density_min: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.01
+    density_max: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 1.0
+    n_densities: PositiveInt = 20
     sparse_features: Literal["all", "extra"] = "all"
-    n_seeds: int = 5
-    norm_threshold: float = 0.5
-    superposition_threshold: float = 0.1
-    theory_nodes: int = 32
-    theory_iterations: int = 50
+    n_seeds: PositiveInt = 5
+    norm_threshold: PositiveFloat = metrics.REPRESENTED_NORM
+    superposition_threshold: PositiveFloat = 0.1
+    theory_nodes: PositiveInt = 32
+    theory_iterations: PositiveInt = 50
 
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(
-            self, "n_importances", "n_densities", "n_seeds", "n_steps", "batch_size", "chunk_steps",
-            "log_every", "theory_nodes", "theory_iterations",
-        )
-        check_choices(self, "sparse_features", ("all", "extra"))
-        if not self.importance_min > 0:
-            fail("importance_min", self.importance_min, "> 0")
+    def check(self) -> None:
+        """importance_min <= importance_max; density_min <= density_max."""
+        super().check()
         if not self.importance_max >= self.importance_min:
             fail("importance_max", self.importance_max, f">= importance_min={self.importance_min}")
-        if not 0 < self.density_min <= 1:
-            fail("density_min", self.density_min, "in (0, 1] (a feature probability 1 - S)")
-        if not self.density_min <= self.density_max <= 1:
+        if not self.density_min <= self.density_max:
             fail("density_max", self.density_max, f"in [density_min={self.density_min}, 1]")
-        if not self.norm_threshold > 0:
-            fail("norm_threshold", self.norm_threshold, "> 0")
-        if not self.superposition_threshold > 0:
-            fail("superposition_threshold", self.superposition_threshold, "> 0")
 
 
 QUICK = {"n_importances": 8, "n_densities": 8, "n_seeds": 2, "n_steps": 4_000, "chunk_steps": 2_000, "theory_iterations": 30}
@@ -170,7 +158,7 @@ def _round(a: Any, digits: int = 5) -> Any:
 def run(
     name: str,
     cfg: PhaseConfig,
-    out_dir: Path,
+    out_dir: RunDir,
     *,
     n_features: int,
     d_hidden: int,
@@ -202,15 +190,15 @@ def run(
     densities, importances = axes(cfg)
 
     if is_primary():
-        phase_diagram_figure(
-            empirical, theory_phase, importances, densities, out_dir / "figures" / f"{name}.png",
+        plots.save(plots.phase_diagram_figure(
+            empirical, theory_phase, importances, densities,
             phase_names=theory.PHASES,
             title=(f"{name}: n={n_features}, m={d_hidden}, ReLU output, density of "
                    f"{'every feature' if cfg.sparse_features == 'all' else 'the extra feature'} — "
                    f"agreement {agreement:.1%} of cells"),
             panel_titles=(f"trained: best of {cfg.n_seeds} seeds, {cfg.n_steps} steps",
                           f"theory: best of {len(candidates)} candidates, expected loss"),
-        )
+        ), out_dir.figures / f"{name}.png")
 
     folded = {k: grid.fold(v) for k, v in stats.items()}
     loss_grid = grid.fold(final_loss)

@@ -20,8 +20,7 @@ its monosemanticity is max_i W_ki² / Σ_i W_ki² (1 = one feature, 1/k = k equa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +30,13 @@ from jaxtyping import Array, ArrayLike, Float
 from . import common
 from .common import best_of_seeds
 from superpos_jax import plots
-from superpos_jax.config import check_positive_int, check_probabilities, fail
+from superpos_jax.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probabilities, in_range
 from superpos_jax.toy.samplers import geometric_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
+from superpos_jax.toy.metrics import REPRESENTED_NORM
 from superpos_jax.toy.models import toy_hparams
-from superpos_jax.plots.neurons import privileged_basis_figure
 from superpos_jax.engine.sweep import Grid
 
 NAME = "privileged-basis"
@@ -45,27 +45,14 @@ DESCRIPTION = "ReLU hidden layer n=10, m=5: monosemantic neurons when dense, pol
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    n_features: int = 10
-    d_hidden: int = 5
-    importance_base: float = 0.75
-    feature_probabilities: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01)
-    n_seeds: int = 64
-    eval_batches: int = 16
-    carry_fraction: float = 0.25
-    alive_threshold: float = 0.1
-
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(
-            self, "n_features", "d_hidden", "n_seeds", "n_steps", "batch_size", "chunk_steps", "log_every", "eval_batches"
-        )
-        check_probabilities(self, "feature_probabilities")
-        if not self.importance_base > 0:
-            fail("importance_base", self.importance_base, "> 0")
-        if not 0 < self.carry_fraction <= 1:
-            fail("carry_fraction", self.carry_fraction, "in (0, 1]")
-        if not self.alive_threshold >= 0:
-            fail("alive_threshold", self.alive_threshold, ">= 0")
+    n_features: PositiveInt = 10
+    d_hidden: PositiveInt = 5
+    importance_base: PositiveFloat = 0.75
+    feature_probabilities: Probabilities = (1.0, 0.3, 0.1, 0.03, 0.01)
+    n_seeds: PositiveInt = 64
+    eval_batches: PositiveInt = 16
+    carry_fraction: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.25
+    alive_threshold: NonNegativeFloat = 0.1
 
 
 QUICK = {"n_steps": 6_000, "n_seeds": 16, "chunk_steps": 3_000, "eval_batches": 4, "learning_rate": 3e-3}
@@ -141,7 +128,7 @@ def evaluate(cfg: Config, grid: Grid, hparams: Any, trainer: Any, params: Any, o
     }
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, choose the best seed per sparsity, write the figures, return the summary."""
     grid, hparams, keys, trainer = build(cfg)
     result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
@@ -150,19 +137,19 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     W_best, best = ev["W_best"], ev["best"]
     feature_norms = np.linalg.norm(W_best, axis=1)  # (prob, feature): ‖W_i‖
     if is_primary():
-        figures = out_dir / "figures"
-        privileged_basis_figure(
-            W_best, cfg.feature_probabilities, figures / "privileged_basis.png",
+        figures = out_dir.figures
+        plots.save(plots.privileged_basis_figure(
+            W_best, cfg.feature_probabilities,
             n_carried=best["n_features"], alive_threshold=cfg.alive_threshold,
             title=(f"ReLU hidden layer, n={cfg.n_features}, m={cfg.d_hidden}, importance {cfg.importance_base}^i "
                    f"(lowest-loss of {cfg.n_seeds} seeds per sparsity)"),
-        )
+        ), figures / "privileged_basis.png")
         cells = grid.fold(np.arange(grid.size))
         shown = cells[np.arange(len(cfg.feature_probabilities)), ev["best_seed"]]
-        plots.loss_curves(
+        plots.save(plots.loss_curves(
             result.losses[shown], [f"p={p:g} (seed {s})" for p, s in zip(cfg.feature_probabilities, ev["best_seed"])],
-            figures / "loss.png", log_every=cfg.log_every,
-        )
+            log_every=cfg.log_every,
+        ), figures / "loss.png")
 
     per = ev["per"]
     per_cell = grid.fold({k: per[k] for k in ("n_polysemantic", "mean_monosemanticity")})
@@ -175,7 +162,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
             "best_eval_loss": float(ev["best_loss"][c]),
             "W": W_best[c].round(5).tolist(),
             "feature_norms": feature_norms[c].round(5).tolist(),
-            "n_represented": int(np.sum(feature_norms[c] > 0.5)),
+            "n_represented": int(np.sum(feature_norms[c] > REPRESENTED_NORM)),
             "neurons": [
                 {"neuron": k, "used": bool(alive[k]), "norm": float(best["norm"][c, k]),
                  "n_features": int(best["n_features"][c, k]), "dominant_feature": int(best["dominant"][c, k]),

@@ -3,7 +3,7 @@
 A ReLU-output toy model (n = 40 features in m = 10 dimensions, every feature present with
 probability 0.1 (four active on average), uniform importance) is trained first; it stores many more features than it
 has dimensions, in superposition. Its hidden activations h = W x (x drawn from the model's own
-feature distribution, `sae_data.ToyHiddenSource`) are then the data of SAEs: TopK over k and
+feature distribution, `sae.sources.ToyHiddenSource`) are then the data of SAEs: TopK over k and
 ReLU (2023 recipe, unit-norm decoder, resampling) over λ, two seeds each, with dictionaries of
 n and 2n latents (one compiled sweep per kind × size). Each SAE's decoder is compared with the
 toy model's feature directions, the normalised columns W_i/‖W_i‖: MMCS (mean over features of
@@ -23,21 +23,27 @@ MMCS ≈ 0.86 at their best λ (3000 steps; ≈ 0.95 with 4000) and much worse F
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure
 
 from . import common
-from superpos_jax.config import check_choices, check_positive_int, fail
+from superpos_jax.config import (
+    NonNegativeInt, PositiveFloat, PositiveInt, each, fail, in_range, library_errors, non_empty, non_negative, one_of,
+    positive,
+)
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
+from superpos_jax.toy.metrics import REPRESENTED_NORM
 from superpos_jax.toy.models import toy_hparams
 from superpos_jax.plots import sae as sae_plots
-from superpos_jax.plots.base import plt, save
+from superpos_jax.plots.base import new_figure, save
 from superpos_jax.sae.sources import ToyHiddenSource
+from superpos_jax.sae.architectures import get as get_architecture
 from superpos_jax.sae.metrics import linear_sum_assignment, recovery
 from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
 from superpos_jax.engine.sweep import Grid, SweepResult
@@ -46,51 +52,43 @@ from superpos_jax.engine.trainer import Trainer, make_trainer
 NAME = "sae-on-toy-model"
 DESCRIPTION = "SAEs (TopK over k, ReLU over λ) on a toy model's hidden layer: do they recover its features?"
 SAE_KINDS: tuple[str, ...] = ("topk", "relu")
-REPRESENTED_NORM = 0.5
 
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    n_features: int = 40
-    d_hidden: int = 10
-    feature_probability: float = 0.1
-    n_steps: int = 10_000
-    chunk_steps: int = 5_000
-    sae_kinds: tuple[str, ...] = SAE_KINDS
-    dictionary_multipliers: tuple[int, ...] = (1, 2)
-    ks: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
-    l1_coefficients: tuple[float, ...] = (0.3, 0.6, 1.0, 1.5)
-    sae_seeds: int = 2
-    sae_steps: int = 3_000
-    sae_chunk_steps: int = 3_000
-    sae_batch_size: int = 256
-    sae_learning_rate: float = 1e-3
-    dead_steps: int = 500
-    resample_every: int = 1_000
-    eval_samples: int = 8192
+    STEP_FIELDS = (*common.TrainingConfig.STEP_FIELDS, "sae_steps", "sae_chunk_steps")
 
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(
-            self, "n_features", "d_hidden", "sae_seeds", "sae_steps", "sae_chunk_steps", "sae_batch_size",
-            "dead_steps", "eval_samples",
-        )
-        if not 0.0 < self.feature_probability <= 1.0:
-            fail("feature_probability", self.feature_probability, "a probability in (0, 1]")
-        check_choices(self, "sae_kinds", SAE_KINDS)
-        if not self.dictionary_multipliers or any(isinstance(m, bool) or m < 1 for m in self.dictionary_multipliers):
-            fail("dictionary_multipliers", self.dictionary_multipliers, "a non-empty list of integers >= 1")
-        if "topk" in self.sae_kinds and (not self.ks or any(k < 1 or k > self.n_features for k in self.ks)):
+    n_features: PositiveInt = 40
+    d_hidden: PositiveInt = 10
+    feature_probability: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.1
+    n_steps: PositiveInt = 10_000
+    chunk_steps: PositiveInt = 5_000
+    sae_kinds: Annotated[tuple[str, ...], non_empty, each(one_of(*SAE_KINDS))] = SAE_KINDS
+    dictionary_multipliers: Annotated[tuple[int, ...], non_empty, each(positive)] = (1, 2)
+    ks: Annotated[tuple[int, ...], each(positive)] = (1, 2, 3, 4, 6, 8)
+    l1_coefficients: Annotated[tuple[float, ...], each(non_negative)] = (0.3, 0.6, 1.0, 1.5)
+    sae_seeds: PositiveInt = 2
+    sae_steps: PositiveInt = 3_000
+    sae_chunk_steps: PositiveInt = 3_000
+    sae_batch_size: PositiveInt = 256
+    sae_learning_rate: PositiveFloat = 1e-3
+    dead_steps: PositiveInt = 500
+    resample_every: NonNegativeInt = 1_000
+    """0: no resampling."""
+    eval_samples: PositiveInt = 8192
+
+    def check(self) -> None:
+        """ks non-empty and <= n_features with topk; l1_coefficients non-empty with relu; every
+        SAE sweep's `SAETraining` accepts its values."""
+        super().check()
+        if "topk" in self.sae_kinds and (not self.ks or max(self.ks) > self.n_features):
             fail("ks", self.ks, f"a non-empty list of integers in [1, n_features={self.n_features}]")
-        if "relu" in self.sae_kinds and (not self.l1_coefficients or any(not c >= 0 for c in self.l1_coefficients)):
+        if "relu" in self.sae_kinds and not self.l1_coefficients:
             fail("l1_coefficients", self.l1_coefficients, "a non-empty list of values >= 0")
-        if not self.sae_learning_rate > 0:
-            fail("sae_learning_rate", self.sae_learning_rate, "> 0")
-        if self.resample_every < 0:
-            fail("resample_every", self.resample_every, ">= 0 (0: no resampling)")
-        for name in ("sae_steps", "sae_chunk_steps"):
-            if getattr(self, name) % self.log_every:
-                fail(name, getattr(self, name), f"a multiple of log_every={self.log_every}")
+        with library_errors("sae_kinds"):
+            for kind in self.sae_kinds:
+                for mult in self.dictionary_multipliers:
+                    sae_training(self, kind, mult * self.n_features)
 
 
 QUICK = {"n_steps": 4_000, "chunk_steps": 4_000, "sae_steps": 2_000, "sae_chunk_steps": 2_000, "sae_seeds": 1,
@@ -109,7 +107,15 @@ def build(cfg: Config) -> tuple[Grid, dict[str, np.ndarray], jax.Array, Trainer]
 
 def sae_coefficient(kind: str) -> str:
     """The swept hparam of an SAE kind."""
-    return "k" if kind == "topk" else "l1_coefficient"
+    return get_architecture(kind).swept
+
+
+def sae_training(cfg: Config, kind: str, d_sae: int) -> SAETraining:
+    """The static `SAETraining` of the SAE sweep of `kind` with `d_sae` latents."""
+    return SAETraining(
+        kind, cfg.d_hidden, d_sae, batch_size=cfg.sae_batch_size, dead_steps=cfg.dead_steps,
+        resample_every=0 if get_architecture(kind).auxk else cfg.resample_every,
+    )
 
 
 def build_sae(
@@ -117,12 +123,9 @@ def build_sae(
 ) -> tuple[SAETraining, Grid, dict[str, np.ndarray], jax.Array, Trainer]:
     """One SAE sweep (coefficient × seed) of `kind` with `d_sae` latents on h = W x; W (m, n)."""
     coef = sae_coefficient(kind)
-    values = cfg.ks if kind == "topk" else cfg.l1_coefficients
+    values = cfg.ks if coef == "k" else cfg.l1_coefficients
     grid = Grid({coef: values, "seed": range(cfg.sae_seeds)})
-    training = SAETraining(
-        kind, cfg.d_hidden, d_sae, batch_size=cfg.sae_batch_size, dead_steps=cfg.dead_steps,
-        resample_every=cfg.resample_every if kind == "relu" else 0,
-    )
+    training = sae_training(cfg, kind, d_sae)
     hparams = sae_hparams(training, **{coef: grid.column(coef).astype(np.float32)})
     source = ToyHiddenSource(W, np.full(cfg.n_features, cfg.feature_probability, np.float32), generator=cfg.generator)
     trainer = make_trainer(sae_task(training, source), recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate),
@@ -131,7 +134,7 @@ def build_sae(
     return training, grid, hparams, keys, trainer
 
 
-def matched_figure(features: np.ndarray, decoder: np.ndarray, *, title: str) -> plt.Figure:
+def matched_figure(features: np.ndarray, decoder: np.ndarray, *, title: str) -> Figure:
     """Toy feature directions vs the SAE's one-to-one matched decoder directions.
 
     Args:
@@ -151,7 +154,8 @@ def matched_figure(features: np.ndarray, decoder: np.ndarray, *, title: str) -> 
         ("SAE: cos(d_σ(i), d_σ(j)), matched latents", matched.T @ matched),
         ("cos(W_i, d_σ(j)): feature vs matched latent", features[rows] @ matched),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.6), constrained_layout=True)
+    fig = new_figure((14.0, 4.6), constrained=True)
+    axes = fig.subplots(1, 3)
     for ax, (name, m) in zip(axes, panels):
         image = ax.imshow(m, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
         ax.set_title(name, fontsize=10)
@@ -165,7 +169,7 @@ def matched_figure(features: np.ndarray, decoder: np.ndarray, *, title: str) -> 
     return fig
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the toy model, then the SAE sweeps on its hidden layer; figures (process 0); summary."""
     grid, hparams, keys, trainer = build(cfg)
     toy = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution, tag="toy")
@@ -218,8 +222,8 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
         if g not in best_per_group or score(records[j]) > score(records[best_per_group[g]]):
             best_per_group[g] = j
     if is_primary():
-        figures = out_dir / "figures"
-        tags = [("k=" if r["kind"] == "topk" else "λ=") + f"{r['value']:g}" for r in records]
+        figures = out_dir.figures
+        tags = [("k=" if r["coefficient"] == "k" else "λ=") + f"{r['value']:g}" for r in records]
         short = [f"{r['kind'][0].upper()}{r['d_sae']} {t}" for r, t in zip(records, tags)]
         save(sae_plots.pareto(
             [r["l0"] for r in records], [r["fvu"] for r in records], groups=groups, annotate=tags,

@@ -1,6 +1,6 @@
 """A scaling-law study of SAEs: held-out loss against dictionary size and training compute.
 
-Data: synthetic ground truth (`sae_data.GroundTruthSource`) with many more features than
+Data: synthetic ground truth (`sae.sources.GroundTruthSource`) with many more features than
 dimensions, 512 random unit directions in 32 dimensions, firing with probabilities decaying
 as 0.993^i (4 active per example on average), so that the rare features keep rewarding larger
 dictionaries. TopK SAEs with a fixed k = 4 and dictionary sizes N = 32 … 512 (×2 steps; each
@@ -11,11 +11,11 @@ scores the current SAE on a fixed held-out batch (a constant of the compiled pro
 the held-out FVU after s steps for every s. With a constant learning rate (the TopK recipe has
 no schedule) the state after s steps is exactly that of an s-step run, so the curve read at
 s = n_steps / 2^j stands for runs of those lengths. The compute of a (N, s) point is
-`scaling_law.sae_training_flops(d_in, N, s · batch)`; sizes and lengths both double, so
+`sae.scaling.sae_training_flops(d_in, N, s · batch)`; sizes and lengths both double, so
 points with equal N·s share a compute budget exactly (IsoFLOP profiles).
 
 Results: L(N) = a·N^(−b) + c fitted to the longest-trained loss of each size; the compute
-frontier N_opt(C) = k·C^e (`scaling_law.compute_optimal`) over the budgets that have at least
+frontier N_opt(C) = k·C^e (`sae.scaling.compute_optimal`) over the budgets that have at least
 three sizes (the optimum refined by a parabola in log N through its neighbours, so N_opt is
 not restricted to the ×2 grid); and a power law in C fitted to the loss frontier. The "loss" throughout is the
 held-out FVU (fraction of variance unexplained), which is the MSE in units of the data's
@@ -27,22 +27,23 @@ d_in=128 probability_base=0.999 k=8 dictionary_sizes=256,512,1024,2048,4096 n_st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import common
-from superpos_jax.config import check_positive_int, fail
+from superpos_jax.config import PositiveFloat, PositiveInt, Rule, fail, in_range, library_errors
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 from superpos_jax.plots import sae as sae_plots
 from superpos_jax.plots.base import save
-from superpos_jax.engine.prng import GENERATORS
 from superpos_jax.sae.sources import GroundTruthSource, decaying_probabilities, ground_truth_dictionary
-from superpos_jax.sae.training import SAETraining, batched_evaluate, evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.sae.metrics import evaluate
+from superpos_jax.sae.model import SAE
+from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
 from superpos_jax.sae.scaling import PowerLaw, compute_optimal, fit_power_law, loss_frontier, sae_training_flops
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import Trainer, make_trainer
@@ -52,54 +53,41 @@ DESCRIPTION = "SAE scaling laws: held-out FVU vs dictionary size and compute, fi
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    n_steps: int = 1_600
-    chunk_steps: int = 1_600
-    log_every: int = 25
-    batch_size: int = 256
-    learning_rate: float = 2e-3
-    n_ground_truth: int = 512
-    d_in: int = 32
-    probability_base: float = 0.993
-    mean_active: float = 4.0
-    k: int = 4
-    dictionary_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    n_lengths: int = 7
-    n_seeds: int = 1
-    dead_steps: int = 500
-    eval_samples: int = 4096
-    generator: str = "hash"
+class Config(common.RunConfig):
+    n_steps: PositiveInt = 1_600
+    chunk_steps: PositiveInt = 1_600
+    log_every: PositiveInt = 25
+    batch_size: PositiveInt = 256
+    learning_rate: PositiveFloat = 2e-3
+    n_ground_truth: PositiveInt = 512
+    d_in: PositiveInt = 32
+    probability_base: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.993
+    mean_active: PositiveFloat = 4.0
+    k: PositiveInt = 4
+    dictionary_sizes: Annotated[tuple[int, ...], Rule(
+        "at least 3 increasing positive integers (a power law needs 3 points)",
+        lambda v: len(v) >= 3 and v[0] >= 1 and all(a < b for a, b in zip(v, v[1:])))] = (32, 64, 128, 256, 512)
+    n_lengths: PositiveInt = 7
+    n_seeds: PositiveInt = 1
+    dead_steps: PositiveInt = 500
+    eval_samples: PositiveInt = 4096
 
-    def validate(self) -> None:
-        check_positive_int(
-            self, "n_steps", "chunk_steps", "log_every", "batch_size", "n_ground_truth", "d_in", "k", "n_lengths",
-            "n_seeds", "dead_steps", "eval_samples",
-        )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            fail("seed", self.seed, "a non-negative integer")
-        if self.generator not in GENERATORS:
-            fail("generator", self.generator, f"one of {tuple(GENERATORS)}")
-        if not self.learning_rate > 0:
-            fail("learning_rate", self.learning_rate, "> 0")
-        if self.chunk_steps % self.log_every:
-            fail("chunk_steps", self.chunk_steps, f"a multiple of log_every={self.log_every}")
+    def check(self) -> None:
+        """n_steps a multiple of log_every · 2^(n_lengths − 1); k <= the smallest dictionary;
+        the ground truth's probabilities and every size's `SAETraining` are valid."""
+        super().check()
         shortest = self.log_every * 2 ** (self.n_lengths - 1)
         if self.n_steps % shortest:
             fail("n_steps", self.n_steps, f"a multiple of log_every · 2^(n_lengths − 1) = {shortest}")
-        sizes = self.dictionary_sizes
-        if len(sizes) < 3 or any(isinstance(n, bool) or n < 1 for n in sizes) or list(sizes) != sorted(set(sizes)):
-            fail("dictionary_sizes", sizes, "at least 3 increasing positive integers (a power law needs 3 points)")
-        if self.k > min(sizes):
-            fail("k", self.k, f"at most the smallest dictionary size {min(sizes)}")
-        if not 0.0 < self.probability_base <= 1.0:
-            fail("probability_base", self.probability_base, "in (0, 1]")
-        if not self.mean_active > 0:
-            fail("mean_active", self.mean_active, "> 0")
+        if self.k > min(self.dictionary_sizes):
+            fail("k", self.k, f"at most the smallest dictionary size {min(self.dictionary_sizes)}")
         try:
             decaying_probabilities(self.n_ground_truth, self.probability_base, self.mean_active)
         except ValueError as err:
             fail("mean_active", self.mean_active, f"compatible with probability_base and n_ground_truth ({err})")
+        with library_errors("dictionary_sizes"):
+            for d_sae in self.dictionary_sizes:
+                _training(self, d_sae)
 
 
 QUICK = {"n_steps": 400, "chunk_steps": 400, "n_lengths": 5, "n_ground_truth": 128, "d_in": 16,
@@ -131,10 +119,9 @@ def build(cfg: Config, d_sae: int | None = None) -> tuple[Grid, dict[str, np.nda
     grid = Grid({"seed": range(cfg.n_seeds)})
     hparams = sae_hparams(training, k=np.full(grid.size, cfg.k, np.float32))
     x_eval = jnp.asarray(held_out(cfg), jnp.float32)
-    extra = {"input_scale": jnp.float32(1.0), "threshold": jnp.float32(0.0)}
 
     def observe(params: Any, hp: dict) -> dict[str, jax.Array]:
-        out = evaluate(training, params, extra, x_eval, hp)
+        out = evaluate(SAE(training.arch, params, hp), x_eval)
         return {"fvu": out["fvu"], "mse": out["mse"]}
 
     trainer = make_trainer(sae_task(training, source(cfg)), recipe_optim(training, cfg.n_steps, cfg.learning_rate),
@@ -152,7 +139,7 @@ def _law(fit: PowerLaw | None) -> dict[str, float] | None:
     return {"a": fit.a, "b": fit.b, "c": fit.c, "r2": fit.r2, "n_points": fit.n_points}
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train one sweep per dictionary size, read the held-out curves, fit the laws; figures on
     process 0; return the summary."""
     steps = lengths(cfg)
@@ -189,7 +176,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     front = loss_frontier(computes, losses)
     compute_law = fit_power_law(computes[front], losses[front], irreducible=True) if front.size >= 3 else None
     if is_primary():
-        figures = out_dir / "figures"
+        figures = out_dir.figures
         save(sae_plots.scaling(
             sizes, fvu[:, -1], size_law, ylabel="held-out FVU",
             title=f"TopK (k={cfg.k}) on {cfg.n_ground_truth} ground-truth features in {cfg.d_in} dims, "

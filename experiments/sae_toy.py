@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import numpy as np
@@ -48,13 +48,17 @@ import numpy as np
 from . import common
 from superpos_jax.sae import sources
 from superpos_jax.sae import metrics as sae_metrics
-from superpos_jax.config import check_choices, check_positive_int, fail
+from superpos_jax.config import (
+    NonNegativeInt, PositiveFloat, PositiveInt, Probability, each, fail, in_range, library_errors, non_empty,
+    non_negative, one_of,
+)
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
+from superpos_jax.rundir import RunDir
 from superpos_jax.plots import base as plot_base
 from superpos_jax.plots import sae as sae_plots
+from superpos_jax.sae.architectures import get as get_architecture
 from superpos_jax.sae.training import (
-    TOPK_FAMILY,
     SAETraining,
     batched_evaluate,
     recipe_optim,
@@ -70,56 +74,48 @@ DESCRIPTION = "SAE ground-truth recovery: 512 features in 256 dims, MMCS of relu
 
 ARCHITECTURES: tuple[str, ...] = ("relu", "relu-2024", "topk", "batchtopk", "jumprelu", "gated")
 _DICTIONARY_SALT = 1
+_Coefficients = Annotated[tuple[float, ...], each(non_negative)]
+"""k (TopK family) or λ values of one architecture (the grid axis of its sweep)."""
 _EVAL_SALT = 2
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(common.RunConfig):
     """Ground truth, dictionary size, per-architecture coefficient grids and training."""
 
-    n_features: int = 512
-    d_in: int = 256
-    mean_active: float = 5.0
-    probability_base: float = 0.995
-    d_sae: int = 1024
-    architectures: tuple[str, ...] = ARCHITECTURES
-    relu_l1: tuple[float, ...] = (0.1, 0.3)
-    relu_2024_l1: tuple[float, ...] = (2.0, 5.0)
-    topk_k: tuple[float, ...] = (5.0,)
-    batchtopk_k: tuple[float, ...] = (5.0,)
-    jumprelu_l1: tuple[float, ...] = (0.03, 0.1)
-    gated_l1: tuple[float, ...] = (0.3, 1.0)
-    jumprelu_bandwidth: float = 0.05
-    jumprelu_threshold: float = 0.1
-    n_seeds: int = 1
-    n_steps: int = 2_000
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    decay_fraction: float = 0.4
-    dead_steps: int = 200
-    resample_every: int = 500
-    target: float = 0.99
-    eval_samples: int = 8192
-    chunk_steps: int = 500
-    log_every: int = 50
-    seed: int = 0
+    n_features: PositiveInt = 512
+    d_in: PositiveInt = 256
+    mean_active: PositiveFloat = 5.0
+    probability_base: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.995
+    d_sae: PositiveInt = 1024
+    architectures: Annotated[tuple[str, ...], non_empty, each(one_of(*ARCHITECTURES))] = ARCHITECTURES
+    relu_l1: _Coefficients = (0.1, 0.3)
+    relu_2024_l1: _Coefficients = (2.0, 5.0)
+    topk_k: _Coefficients = (5.0,)
+    batchtopk_k: _Coefficients = (5.0,)
+    jumprelu_l1: _Coefficients = (0.03, 0.1)
+    gated_l1: _Coefficients = (0.3, 1.0)
+    jumprelu_bandwidth: PositiveFloat = 0.05
+    jumprelu_threshold: PositiveFloat = 0.1
+    n_seeds: PositiveInt = 1
+    n_steps: PositiveInt = 2_000
+    batch_size: PositiveInt = 256
+    learning_rate: PositiveFloat = 3e-3
+    decay_fraction: Probability = 0.4
+    dead_steps: PositiveInt = 200
+    resample_every: NonNegativeInt = 500
+    target: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.99
+    eval_samples: PositiveInt = 8192
+    chunk_steps: PositiveInt = 500
+    log_every: PositiveInt = 50
 
-    def validate(self) -> None:
-        check_positive_int(self, "n_features", "d_in", "d_sae", "n_seeds", "n_steps", "batch_size", "dead_steps",
-                           "eval_samples", "chunk_steps", "log_every")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            fail("seed", self.seed, "a non-negative integer")
-        if isinstance(self.resample_every, bool) or not isinstance(self.resample_every, int) or self.resample_every < 0:
-            fail("resample_every", self.resample_every, "a non-negative integer")
-        check_choices(self, "architectures", ARCHITECTURES)
-        if not self.architectures:
-            fail("architectures", self.architectures, "at least one architecture")
+    def check(self) -> None:
+        """d_sae >= n_features; the most frequent feature has p <= 1; each architecture's
+        coefficients are non-empty (k in [1, d_sae] for the TopK family); every
+        architecture's `SAETraining` accepts the values."""
+        super().check()
         if self.d_sae < self.n_features:
             fail("d_sae", self.d_sae, f">= n_features={self.n_features} (a dictionary at least as large as the truth)")
-        if not 0 < self.probability_base <= 1:
-            fail("probability_base", self.probability_base, "in (0, 1]")
-        if not 0 < self.mean_active:
-            fail("mean_active", self.mean_active, "> 0")
         top = self.mean_active * _first_share(self.n_features, self.probability_base)
         if top > 1:
             fail("mean_active", self.mean_active, f"small enough that the most frequent feature has p <= 1 (got {top:.3g})")
@@ -128,25 +124,10 @@ class Config:
             values = getattr(self, field)
             if not values:
                 fail(field, values, "at least one value")
-            if arch in TOPK_FAMILY:
-                if any(not 1 <= v <= self.d_sae for v in values):
-                    fail(field, values, f"values of k in [1, d_sae={self.d_sae}]")
-            elif any(not (np.isfinite(v) and v >= 0) for v in values):
-                fail(field, values, "finite values of λ >= 0")
-        if not self.jumprelu_threshold > 0:
-            fail("jumprelu_threshold", self.jumprelu_threshold, "> 0")
-        if not self.jumprelu_bandwidth > 0:
-            fail("jumprelu_bandwidth", self.jumprelu_bandwidth, "> 0")
-        if not self.learning_rate > 0:
-            fail("learning_rate", self.learning_rate, "> 0")
-        if not 0 <= self.decay_fraction <= 1:
-            fail("decay_fraction", self.decay_fraction, "in [0, 1]")
-        if not 0 < self.target <= 1:
-            fail("target", self.target, "in (0, 1]")
-        if self.n_steps % self.log_every:
-            fail("n_steps", self.n_steps, f"a multiple of log_every={self.log_every}")
-        if self.chunk_steps % self.log_every:
-            fail("chunk_steps", self.chunk_steps, f"a multiple of log_every={self.log_every}")
+            if coefficient_name(arch) == "k" and any(not 1 <= v <= self.d_sae for v in values):
+                fail(field, values, f"values of k in [1, d_sae={self.d_sae}]")
+            with library_errors(field):
+                training_of(self, arch)
 
 
 QUICK = {
@@ -169,7 +150,12 @@ def _coefficient_field(arch: str) -> str:
 
 def coefficient_name(arch: str) -> str:
     """The swept coefficient of an architecture: "k" (TopK family) or "l1_coefficient" (λ)."""
-    return "k" if arch in TOPK_FAMILY else "l1_coefficient"
+    return get_architecture(_kind(arch)).swept
+
+
+def _kind(arch: str) -> str:
+    """The registered architecture of one of `ARCHITECTURES` (relu-2024 is relu)."""
+    return "relu" if arch == "relu-2024" else arch
 
 
 def ground_truth(cfg: Config) -> sources.GroundTruthSource:
@@ -183,9 +169,9 @@ def ground_truth(cfg: Config) -> sources.GroundTruthSource:
 
 def training_of(cfg: Config, arch: str) -> SAETraining:
     """The static `SAETraining` of one architecture (kind, recipe, resampling, warm-up)."""
-    kind = "relu" if arch == "relu-2024" else arch
+    kind = _kind(arch)
     recipe = "2024" if arch == "relu-2024" else "2023"
-    resample = 0 if (kind in TOPK_FAMILY or recipe == "2024") else cfg.resample_every
+    resample = 0 if (get_architecture(kind).auxk or recipe == "2024") else cfg.resample_every
     return SAETraining(
         kind, cfg.d_in, cfg.d_sae, batch_size=cfg.batch_size, recipe=recipe, dead_steps=cfg.dead_steps,
         resample_every=resample, resample_until=int(round((1.0 - cfg.decay_fraction) * cfg.n_steps)),
@@ -232,7 +218,7 @@ def recovery_scores(decoders: np.ndarray, dictionary: np.ndarray) -> dict[str, n
 
 
 def run_architecture(
-    cfg: Config, arch: str, source: sources.GroundTruthSource, x_eval: jax.Array, out_dir: Path, *,
+    cfg: Config, arch: str, source: sources.GroundTruthSource, x_eval: jax.Array, out_dir: RunDir, *,
     progress: bool, execution: Execution,
 ) -> dict[str, Any]:
     """Train one architecture's sweep and score every instance; host arrays and records."""
@@ -257,7 +243,7 @@ def run_architecture(
     }
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train every architecture's sweep, write the figures (process 0), return the summary."""
     source = ground_truth(cfg)
     x_eval = source.sample(jax.random.fold_in(jax.random.key(cfg.seed), _EVAL_SALT), cfg.eval_samples)
@@ -278,7 +264,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
     best_arch = max(per_arch, key=lambda a: per_arch[a]["best"]["mmcs"])
     best_mmcs = per_arch[best_arch]["best"]["mmcs"]
     if is_primary():
-        _figures(cfg, runs, out_dir / "figures")
+        _figures(cfg, runs, out_dir.figures)
     return {
         "ground_truth": {
             "n_features": cfg.n_features, "d_in": cfg.d_in, "mean_active": cfg.mean_active,
@@ -300,7 +286,7 @@ def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Executi
 
 def _label(arch: str, coords: dict[str, Any]) -> str:
     value = coords[coefficient_name(arch)]
-    return f"{'k' if arch in TOPK_FAMILY else 'λ'}={value:g}"
+    return f"{'k' if coefficient_name(arch) == 'k' else 'λ'}={value:g}"
 
 
 def _figures(cfg: Config, runs: dict[str, dict[str, Any]], figures: Path) -> None:
@@ -323,5 +309,4 @@ def _figures(cfg: Config, runs: dict[str, dict[str, Any]], figures: Path) -> Non
     losses = np.stack([r["result"].losses[r["best"]] for r in runs.values()])
     labels = [f"{a} ({_label(a, r['grid'].coords(r['best']))}{', scaled inputs' if a == 'relu-2024' else ''})"
               for a, r in runs.items()]
-    plot_base.loss_curves(losses, labels,
-                          figures / "loss.png", log_every=cfg.log_every)
+    plot_base.save(plot_base.loss_curves(losses, labels, log_every=cfg.log_every), figures / "loss.png")

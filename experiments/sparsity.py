@@ -11,18 +11,17 @@ The paper's second setting is `--set n_features=80 d_hidden=20 importance_base=0
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from . import common
 from superpos_jax import plots
-from superpos_jax.config import check_choices, check_positive_int, check_probabilities, fail
+from superpos_jax.config import PositiveFloat, PositiveInt, Probabilities
 from superpos_jax.toy.samplers import geometric_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
-from superpos_jax.toy.models import MODEL_KINDS, toy_hparams
+from superpos_jax.rundir import RunDir
+from superpos_jax.toy.models import toy_hparams
 from superpos_jax.engine.sweep import Grid
 
 NAME = "sparsity"
@@ -31,20 +30,12 @@ DESCRIPTION = "n=20 features in m=5 dims across sparsity: linear vs ReLU toy mod
 
 @dataclass(frozen=True)
 class Config(common.TrainingConfig):
-    n_features: int = 20
-    d_hidden: int = 5
-    importance_base: float = 0.7
-    feature_probabilities: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
-    models: tuple[str, ...] = ("linear", "relu")
-    n_seeds: int = 4
-
-    def validate(self) -> None:
-        self.validate_training()
-        check_positive_int(self, "n_features", "d_hidden", "n_seeds", "n_steps", "batch_size", "chunk_steps", "log_every")
-        check_probabilities(self, "feature_probabilities")
-        check_choices(self, "models", MODEL_KINDS)
-        if not self.importance_base > 0:
-            fail("importance_base", self.importance_base, "> 0")
+    n_features: PositiveInt = 20
+    d_hidden: PositiveInt = 5
+    importance_base: PositiveFloat = 0.7
+    feature_probabilities: Probabilities = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+    models: common.ToyModels = ("linear", "relu")
+    n_seeds: PositiveInt = 4
 
 
 QUICK = {"n_steps": 3_000, "n_seeds": 2, "chunk_steps": 1_000}
@@ -64,24 +55,21 @@ def build(cfg: Config):
     return grid, hparams, common.seed_keys(cfg.seed, grid), trainer
 
 
-def run(cfg: Config, out_dir: Path, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
     """Train the sweep, write the figures (process 0), return the summary (written by the caller)."""
-    grid, hparams, keys, trainer = build(cfg)
-    result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress, execution=execution)
-    W = np.asarray(result.state.params.W)  # (instance, hidden, feature)
-    per = common.toy_metrics(W)
-    final_loss, finite = common.final_losses(result)
+    grid, result, W, per, final_loss, finite = common.train_toy(
+        NAME, cfg, build(cfg), out_dir, progress=progress, execution=execution
+    )
     best = common.best_along(grid, final_loss, finite)  # (model, prob): lowest-loss seed
     W_best = common.take_best(grid, W, best)
     if is_primary():
-        figures = out_dir / "figures"
-        plots.sparsity_figure(
-            W_best, cfg.feature_probabilities, cfg.models, figures / "sparsity.png",
+        figures = out_dir.figures
+        plots.save(plots.sparsity_figure(
+            W_best, cfg.feature_probabilities, cfg.models,
             title=f"n={cfg.n_features}, m={cfg.d_hidden}, importance {cfg.importance_base}^i (lowest-loss of {cfg.n_seeds} seeds)",
-        )
-        labels = [f"{c['model']} p={c['feature_probability']:g}" for c in (grid.coords(i) for i in range(grid.size))]
-        first_seed = np.flatnonzero(grid.column("seed") == 0)
-        plots.loss_curves(result.losses[first_seed], [labels[i] for i in first_seed], figures / "loss.png", log_every=cfg.log_every)
+        ), figures / "sparsity.png")
+        plots.save(common.seed_loss_curves(grid, result, lambda c: f"{c['model']} p={c['feature_probability']:g}", log_every=cfg.log_every),
+                   figures / "loss.png")
 
     loss_grid = grid.fold(final_loss)
     rep_grid = grid.fold(per["n_represented"])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from superpos_experiments import adversarial as experiment
+from superpos_jax.config import validate
 from superpos_jax.toy.adversarial import attack_toy, pgd_l2, project_l2_ball, sphere_starts, toy_attack_loss
 from superpos_jax.toy.models import ToyParams, kind_flags
 
@@ -114,7 +115,7 @@ def attacked():
         models=("relu",), feature_probabilities=(1.0, 0.01), n_seeds=2, n_steps=4000, chunk_steps=4000,
         log_every=100, learning_rate=3e-3, n_inputs=64, attack_steps=40,
     )
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = experiment.build(cfg)
     state, _ = trainer.run(trainer.init(hparams, keys), hparams, n_steps=cfg.n_steps)
     found = jax.tree.map(np.asarray, experiment.attack_all(cfg)(state.params, hparams, jax.random.key(9)))

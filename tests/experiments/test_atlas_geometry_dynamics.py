@@ -11,7 +11,7 @@ import pytest
 
 from superpos_experiments import geometry, learning_dynamics
 from superpos_jax.toy import metrics
-from superpos_jax.config import ConfigError
+from superpos_jax.config import ConfigError, validate
 
 FRACTIONS = (1.0, 0.75, 2 / 3, 0.5, 0.4, 0.375)
 WITH_ZERO = np.array((*FRACTIONS, 0.0))
@@ -27,7 +27,7 @@ def geometry_trained():
         n_features=40, d_hidden=8, min_feature_probability=0.2, n_probabilities=6, n_seeds=1,
         n_steps=4000, chunk_steps=4000, log_every=100,
     )
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = geometry.build(cfg)
     state, _ = trainer.run(trainer.init(hparams, keys), hparams, cfg.n_steps)
     W = np.asarray(state.params.W)  # (probability, m, n): one seed
@@ -37,7 +37,7 @@ def geometry_trained():
 @pytest.fixture(scope="module")
 def dynamics_trained():
     cfg = learning_dynamics.Config(feature_probabilities=(0.5,), n_seeds=2, n_steps=20_000, chunk_steps=20_000)
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = learning_dynamics.build(cfg)
     state, (losses, observed) = trainer.run(trainer.init(hparams, keys), hparams, cfg.n_steps)
     steps = (np.arange(losses.shape[1]) + 1) * cfg.log_every
@@ -64,14 +64,6 @@ def test_feature_dimensionalities_cluster_at_polytope_fractions(geometry_trained
         near.append(_distance_to_fractions(D[represented]) < 0.05)
     near = np.concatenate(near)
     assert near.size > 50 and near.mean() > 0.8, (near.size, near.mean())
-
-
-def test_nearest_fraction_and_counts():
-    values = np.array([0.99, 0.74, 0.66, 0.52, 0.41, 0.37, 0.01, 0.3, 0.9, np.nan])
-    labels = geometry.nearest_fraction(values, FRACTIONS, 0.03)
-    assert labels == ["1", "3/4", "2/3", "1/2", "2/5", "3/8", "0", "other", "other", "other"]
-    counts = geometry.fraction_counts(values, FRACTIONS, 0.03)
-    assert counts == {"1": 1, "3/4": 1, "2/3": 1, "1/2": 1, "2/5": 1, "3/8": 1, "0": 1, "other": 2}
 
 
 def test_represented_dimensionality_ignores_residual_weights():
@@ -153,4 +145,4 @@ def test_detect_jumps_on_synthetic_traces():
 )
 def test_bad_config_names_the_field(module, changes, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
-        module.Config(**changes).validate()
+        validate(module.Config(**changes))

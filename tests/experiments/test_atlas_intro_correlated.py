@@ -1,6 +1,6 @@
 """The paper atlas: the intro figure (5 features in 2 dims) and correlated / anticorrelated
-feature pairs — the paired sampler's statistics, the geometry classifier on exact
-configurations, and the science on reduced configs."""
+feature pairs — the paired sampler's statistics and the science on reduced configs (the
+geometry classifier's exact configurations are in tests/toy/test_geometry.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +9,9 @@ import pytest
 
 from superpos_experiments import correlated, intro
 from superpos_jax.toy import samplers
+from superpos_jax.toy.geometry import classify_geometry
 from superpos_jax.toy import metrics
-from superpos_jax.config import ConfigError
+from superpos_jax.config import ConfigError, validate
 from superpos_jax.toy.correlated import correlated_hparams, correlated_task
 
 CORR, ANTI, INDEP = samplers.PAIR_KINDS["correlated"], samplers.PAIR_KINDS["anticorrelated"], samplers.PAIR_KINDS["independent"]
@@ -99,39 +100,6 @@ def test_correlated_hparams_and_unused_features_stay_zero():
     assert np.all(np.asarray(grads.W)[:, 2:] == 0)
 
 
-# ---------------------------------------------------------------- the geometry classifier
-
-
-def _polygon(k, radius=1.0, phase=0.3):
-    angles = phase + 2 * np.pi * np.arange(k) / k
-    return radius * np.stack([np.cos(angles), np.sin(angles)])
-
-
-@pytest.mark.parametrize(
-    "W, name",
-    [
-        (np.array([[1.0, 0.0, 0.01], [0.0, 1.0, 0.02]]), "orthogonal pair"),
-        (np.array([[1.0, -1.0], [0.0, 0.0]]), "antipodal pair"),
-        (_polygon(4)[:, [0, 2, 1, 3]], "two antipodal pairs"),
-        (_polygon(3), "triangle"),
-        (_polygon(5), "pentagon"),
-        (_polygon(6), "hexagon"),
-        (np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]]), "1 antipodal pair + 1 orthogonal feature"),
-        (np.array([[0.7, 0.7, 0.0], [0.0, 0.02, 1.0]]), "orthogonal pair (1 collapsed)"),
-        (np.array([[1.0, np.cos(1.0)], [0.0, np.sin(1.0)]]), "pair at 57°"),
-        (np.zeros((2, 3)), "nothing represented"),
-        (np.eye(3), "3 orthogonal features"),
-    ],
-)
-def test_classify_geometry(W, name):
-    assert intro.classify_geometry(W) == name
-
-
-def test_pentagon_has_dimensionality_two_fifths():
-    D = np.asarray(metrics.feature_dimensionality(jnp.asarray(_polygon(5), jnp.float32)))
-    np.testing.assert_allclose(D, 0.4, atol=1e-5)
-
-
 def test_pair_labels():
     W = np.array([[1.0, -1.0, 1.0, 0.0, 1.0, 0.2], [0.0, 0.0, 0.0, 1.0, 0.0, 0.1]])
     cos = correlated.pair_cosines(W, 3)
@@ -142,21 +110,21 @@ def test_pair_labels():
 
 def test_configs_validate_and_reject_bad_values():
     for module in (intro, correlated):
-        module.Config().validate()
+        validate(module.Config())
     with pytest.raises(ConfigError, match="'setups'"):
-        correlated.Config(setups=("correlated-pairs", "diagonal")).validate()
+        validate(correlated.Config(setups=("correlated-pairs", "diagonal")))
     with pytest.raises(ConfigError, match="<= 0.5 with an anticorrelated setup"):
-        correlated.Config(feature_probabilities=(0.6,)).validate()
-    correlated.Config(setups=("correlated-pairs",), feature_probabilities=(0.6,)).validate()
+        validate(correlated.Config(feature_probabilities=(0.6,)))
+    validate(correlated.Config(setups=("correlated-pairs",), feature_probabilities=(0.6,)))
     with pytest.raises(ConfigError, match="'model'"):
-        intro.Config(model="tanh").validate()
+        validate(intro.Config(model="tanh"))
 
 
 # ---------------------------------------------------------------- the science, reduced configs
 
 
 def _train(module, cfg):
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = module.build(cfg)
     state, losses = trainer.run(trainer.init(hparams, keys), hparams, cfg.n_steps)
     W = grid.fold(np.asarray(state.params.W))
@@ -182,7 +150,7 @@ def test_intro_dense_keeps_two_most_important_features_orthogonal(intro_trained)
     np.testing.assert_array_equal(np.flatnonzero(norms > 0.5), [0, 1], err_msg=str(norms.round(2)))
     assert norms[2:].max() < 0.1
     np.testing.assert_allclose(w[:, :2].T @ w[:, :2], np.eye(2), atol=0.05)
-    assert intro.classify_geometry(w) == "orthogonal pair"
+    assert classify_geometry(w) == "orthogonal pair"
 
 
 def test_intro_eighty_percent_sparsity_gives_two_antipodal_pairs(intro_trained):
@@ -191,7 +159,7 @@ def test_intro_eighty_percent_sparsity_gives_two_antipodal_pairs(intro_trained):
     kept = norms > 0.5
     assert np.sum(kept) == 4, norms.round(2)
     np.testing.assert_allclose(np.asarray(metrics.feature_dimensionality(w))[kept], 0.5, atol=0.05)
-    assert intro.classify_geometry(w) == "two antipodal pairs"
+    assert classify_geometry(w) == "two antipodal pairs"
 
 
 def test_intro_high_sparsity_gives_pentagon(intro_trained):
@@ -202,7 +170,7 @@ def test_intro_high_sparsity_gives_pentagon(intro_trained):
     angles = np.sort(np.arctan2(w[1], w[0]))
     gaps = np.diff(np.concatenate([angles, angles[:1] + 2 * np.pi]))
     np.testing.assert_allclose(gaps, 2 * np.pi / 5, atol=np.radians(10))
-    assert intro.classify_geometry(w) == "pentagon"
+    assert classify_geometry(w) == "pentagon"
 
 
 @pytest.fixture(scope="module")

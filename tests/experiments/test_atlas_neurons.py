@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from superpos_experiments import abs_computation, privileged_basis
+from superpos_jax.config import validate
 from superpos_jax.toy.models import AbsParams, abs_forward
 
 N, M = 10, 5
@@ -58,7 +59,7 @@ def privileged():
         feature_probabilities=(1.0, 0.01), n_seeds=8, n_steps=5000, chunk_steps=5000, log_every=100,
         learning_rate=3e-3, eval_batches=4,
     )
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = privileged_basis.build(cfg)
     state, losses = trainer.run(trainer.init(hparams, keys), hparams, n_steps=cfg.n_steps)
     ok = np.isfinite(np.asarray(losses)).all(axis=1)
@@ -127,7 +128,7 @@ def test_dense_abs_model_uses_a_pair_of_opposite_neurons_per_feature():
         sizes=("3x6",), seeds=(8,), feature_probabilities=(1.0,), n_steps=4000, chunk_steps=4000,
         log_every=100, learning_rate=3e-3, eval_batches=2,
     )
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = abs_computation.build(cfg, "3x6", 8)
     state, losses = trainer.run(trainer.init(hparams, keys), hparams, n_steps=cfg.n_steps)
     ok = np.isfinite(np.asarray(losses)).all(axis=1)

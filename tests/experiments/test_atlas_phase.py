@@ -12,7 +12,7 @@ import pytest
 
 from superpos_experiments import phase_2x1, phase_3x2, phase_common
 from superpos_jax.toy import theory
-from superpos_jax.config import ConfigError
+from superpos_jax.config import ConfigError, validate
 
 NOT_REP, DEDICATED, SUPERPOSED = theory.NOT_REPRESENTED, theory.DEDICATED, theory.SUPERPOSITION
 
@@ -80,7 +80,7 @@ def _take(grid, values, best):
 
 def _train(module, candidates):
     cfg = dataclasses.replace(module.Config(), **REDUCED)
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = module.build(cfg)
     state, _ = trainer.run(trainer.init(hparams, keys), hparams, cfg.n_steps)
     W, b = np.asarray(state.params.W), np.asarray(state.params.b)
@@ -161,7 +161,7 @@ def test_3x2_sparse_less_important_extra_shares_a_dimension(three_by_two):
 def test_bad_config_names_the_field(override, field):
     cfg = dataclasses.replace(phase_3x2.Config(), **override)
     with pytest.raises(ConfigError, match=f"'{field}'"):
-        cfg.validate()
+        validate(cfg)
 
 
 def test_only_the_extra_feature_sparse():

@@ -4,18 +4,20 @@ model save/load, the monosemanticity run and `superpos steer` on its output."""
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from superpos_experiments import monosemanticity
 from superpos_jax import cli
+from superpos_jax.config import validate
 from superpos_jax.lm import browser
 from superpos_jax.lm.task import CorpusWindows, RepeatedTokens, lm_task
 from superpos_jax.lm.transformer import TransformerConfig, init_transformer
 from superpos_jax.lm.io import load_transformer, save_transformer
+from superpos_jax.rundir import RunDir
 
-TINY = dict(max_bytes=120_000, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, n_steps=300, lm_batch=32,
+TINY = dict(max_bytes=120_000, model=TransformerConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32,
+                                                       d_vocab=256, act="relu"), n_steps=300, lm_batch=32,
             harvest_windows=256, eval_windows=48, sae_steps=300, sae_batch=256, sae_coefficients=(8.0,),
             chunk_steps=300, log_every=50, browser_units=6, steer_prompt="def ", steer_multiples=(0.0, 5.0))
 
@@ -62,8 +64,8 @@ def test_transformer_save_load_roundtrip(tmp_path):
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mono")
     cfg = monosemanticity.Config(**TINY)
-    cfg.validate()
-    return out, monosemanticity.run(cfg, out, progress=False)
+    validate(cfg)
+    return out, monosemanticity.run(cfg, RunDir(out), progress=False)
 
 
 @pytest.mark.slow
@@ -95,6 +97,6 @@ def test_steer_command_clamps_a_feature(tiny_run, capsys):
 
 def test_bad_config_is_named():
     with pytest.raises(Exception, match="sae_coefficients"):
-        monosemanticity.Config(**{**TINY, "sae_coefficients": (8.5,)}).validate()
+        validate(monosemanticity.Config(**{**TINY, "sae_coefficients": (8.5,)}))
     with pytest.raises(Exception, match="corpus_dir"):
-        monosemanticity.Config(**{**TINY, "corpus_dir": "/no/such/dir"}).validate()
+        validate(monosemanticity.Config(**{**TINY, "corpus_dir": "/no/such/dir"}))

@@ -9,7 +9,8 @@ import pytest
 
 from superpos_experiments import sae_on_toy_model as toy_exp
 from superpos_experiments import sae_scaling as scaling_exp
-from superpos_jax.config import ConfigError, apply_overrides
+from superpos_jax.config import ConfigError, apply_overrides, validate
+from superpos_jax.rundir import RunDir
 
 TOY = toy_exp.Config(
     n_steps=2_000, chunk_steps=2_000, sae_kinds=("topk",), dictionary_multipliers=(2,), ks=(2, 8),
@@ -24,22 +25,22 @@ SCALING = scaling_exp.Config(
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sae_on_toy")
-    return toy_exp.run(TOY, out, progress=False), out
+    return toy_exp.run(TOY, RunDir(out), progress=False), out
 
 
 @pytest.fixture(scope="module")
 def scaling_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sae_scaling")
-    return scaling_exp.run(SCALING, out, progress=False), out
+    return scaling_exp.run(SCALING, RunDir(out), progress=False), out
 
 
 @pytest.mark.parametrize("module", [toy_exp, scaling_exp])
 def test_configs_validate(module):
-    module.Config().validate()
-    apply_overrides(module.Config(), [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                                      for k, v in module.QUICK.items()]).validate()
-    TOY.validate()
-    SCALING.validate()
+    validate(module.Config())
+    validate(apply_overrides(module.Config(), [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                                               for k, v in module.QUICK.items()]))
+    validate(TOY)
+    validate(SCALING)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +58,7 @@ def test_configs_validate(module):
 )
 def test_bad_values_name_their_field(module, setting, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
-        apply_overrides(module.Config(), [setting]).validate()
+        validate(apply_overrides(module.Config(), [setting]))
 
 
 def test_toy_summary_and_figures(toy_run):

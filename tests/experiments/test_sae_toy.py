@@ -11,7 +11,8 @@ import pytest
 
 from superpos_experiments import sae_toy
 from superpos_jax.sae import sources
-from superpos_jax.config import ConfigError
+from superpos_jax.config import ConfigError, validate
+from superpos_jax.rundir import RunDir
 
 SMALL = sae_toy.Config(
     n_features=48, d_in=24, mean_active=3.0, probability_base=0.98, d_sae=96,
@@ -24,8 +25,8 @@ SMALL = sae_toy.Config(
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sae_toy")
-    SMALL.validate()
-    summary = sae_toy.run(SMALL, out, progress=False)
+    validate(SMALL)
+    summary = sae_toy.run(SMALL, RunDir(out), progress=False)
     return summary, out
 
 
@@ -81,4 +82,4 @@ def test_recovery_scores_closed_forms():
 ])
 def test_bad_config_fails_naming_the_field(change, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
-        dataclasses.replace(SMALL, **change).validate()
+        validate(dataclasses.replace(SMALL, **change))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from superpos_experiments import sparsity
+from superpos_jax.config import validate
 from superpos_jax.toy import metrics
 
 N, M = 20, 5
@@ -17,7 +18,7 @@ def trained():
         feature_probabilities=(1.0, 0.03), n_seeds=2, n_steps=4000, chunk_steps=4000, log_every=100,
         learning_rate=3e-3,
     )
-    cfg.validate()
+    validate(cfg)
     grid, hparams, keys, trainer = sparsity.build(cfg)
     state, _ = trainer.run(trainer.init(hparams, keys), hparams, n_steps=cfg.n_steps)
     W = grid.fold(np.asarray(state.params.W))  # (model, prob, seed, m, n)
