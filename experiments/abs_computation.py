@@ -49,7 +49,8 @@ from . import common
 from .common import best_of_seeds
 from superpos_jax import plots
 from superpos_jax.config import (
-    NonNegativeFloat, PositiveFloat, PositiveInt, Probabilities, Rule, distinct, each, fail, in_range, non_empty, positive,
+    NonNegativeFloat, PositiveFloat, PositiveInt, Probabilities, Rule, check_power, distinct, each, fail, in_range, non_empty,
+    positive,
 )
 from superpos_jax.toy.samplers import geometric_importance
 from superpos_jax.engine.distributed import is_primary
@@ -80,10 +81,13 @@ class Config(common.TrainingConfig):
     min_secondary: NonNegativeFloat = 0.1
 
     def check(self) -> None:
-        """One seed count per size; min_secondary <= 1 / asymmetry."""
+        """One seed count per size; min_secondary <= 1 / asymmetry; importance_base**(n - 1) <= 1e30
+        for the largest size n x m (the importances stay finite in float32)."""
         super().check()
         if len(self.seeds) != len(self.sizes):
             fail("seeds", self.seeds, f"one positive seed count per size ({len(self.sizes)} values)")
+        n = max(parse_size(size)[0] for size in self.sizes)
+        check_power("importance_base", self.importance_base, n - 1, "n_features - 1 of the largest size")
         if not self.min_secondary <= 1 / self.asymmetry:
             fail("min_secondary", self.min_secondary, f"in [0, 1/asymmetry = {1 / self.asymmetry:g}]")
 

@@ -48,7 +48,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from . import common
 from superpos_jax import plots
 from superpos_jax.toy.adversarial import attack_toy, toy_attack_loss
-from superpos_jax.config import NonNegativeInt, PositiveFloat, PositiveInt, each, in_range, non_empty
+from superpos_jax.config import NonNegativeInt, PositiveFloat, PositiveInt, check_power, each, in_range, non_empty
 from superpos_jax.toy.samplers import geometric_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
@@ -76,6 +76,11 @@ class Config(common.TrainingConfig):
     attack_refine: PositiveInt = 4
     attack_random: NonNegativeInt = 4
     target: Literal["clean", "perturbed"] = "clean"
+
+    def check(self) -> None:
+        """importance_base**(n_features - 1) <= 1e30 (the importances stay finite in float32)."""
+        super().check()
+        check_power("importance_base", self.importance_base, self.n_features - 1, "n_features - 1")
 
 
 QUICK = {"n_steps": 3_000, "n_seeds": 1, "chunk_steps": 1_500, "n_inputs": 64, "attack_steps": 50}

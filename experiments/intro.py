@@ -18,7 +18,7 @@ import numpy as np
 
 from . import common
 from superpos_jax import plots
-from superpos_jax.config import PositiveFloat, PositiveInt, Probabilities
+from superpos_jax.config import PositiveFloat, PositiveInt, Probabilities, check_power
 from superpos_jax.toy.samplers import geometric_importance
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
@@ -40,6 +40,11 @@ class Config(common.TrainingConfig):
     model: common.ToyModel = "relu"
     n_seeds: PositiveInt = 8
     chunk_steps: PositiveInt = 5_000
+
+    def check(self) -> None:
+        """importance_base**(n_features - 1) <= 1e30 (the importances stay finite in float32)."""
+        super().check()
+        check_power("importance_base", self.importance_base, self.n_features - 1, "n_features - 1")
 
 
 QUICK = {"n_steps": 3_000, "n_seeds": 3, "chunk_steps": 3_000}

@@ -37,7 +37,8 @@ from superpos_jax import plots
 from superpos_jax.lm import browser
 from superpos_jax.lm import steering
 from superpos_jax.config import PositiveFloat, PositiveInt, each, fail, library_errors, non_empty, one_of, positive
-from superpos_jax.lm.corpus import Corpus, eval_windows, load_corpus, sample_windows, unigram_cross_entropy
+from superpos_jax.lm.corpus import (Corpus, check_corpus, eval_windows, load_corpus, sample_windows,
+                                    unigram_cross_entropy)
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
 from superpos_jax.rundir import RunDir
@@ -72,6 +73,10 @@ class Config(common.RunConfig):
     STEP_FIELDS = (*common.RunConfig.STEP_FIELDS, "sae_steps")
 
     corpus_dir: str | None = None
+    """A directory of text files to train on instead of the standard library's source."""
+    corpus_glob: Annotated[tuple[str, ...] | None, non_empty] = None
+    """Glob patterns of the corpus files (`*.txt,*.md`; with a "/" matched against the relative
+    path); none: `*.py` for the stdlib, every file of `corpus_dir` (binary files are skipped)."""
     max_bytes: PositiveInt = 4_000_000
     model: TransformerConfig = TransformerConfig(
         n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=64, d_vocab=256, act="relu")
@@ -96,7 +101,8 @@ class Config(common.RunConfig):
 
     def check(self) -> None:
         """Byte tokens (model.d_vocab = 256) and an MLP to read; integer k within the
-        dictionary for a TopK SAE; a prompt shorter than the context; an existing corpus_dir;
+        dictionary for a TopK SAE; a prompt shorter than the context; a corpus (corpus_dir,
+        corpus_glob, max_bytes) with readable text in both splits, checked before any run directory;
         the SAE's `SAETraining` accepts the values."""
         super().check()
         if self.model.d_vocab != 256:
@@ -110,6 +116,8 @@ class Config(common.RunConfig):
             fail("steer_prompt", self.steer_prompt, f"shorter than model.n_ctx={self.model.n_ctx} bytes")
         if self.corpus_dir is not None and not Path(self.corpus_dir).is_dir():
             fail("corpus_dir", self.corpus_dir, "an existing directory of text files")
+        with library_errors("corpus_dir" if self.corpus_dir is not None else "corpus_glob"):
+            check_corpus(self.corpus_dir, include=self.corpus_glob, max_bytes=self.max_bytes)
         with library_errors("sae_kind"):
             sae_training(self)
 
@@ -128,13 +136,18 @@ def sae_training(cfg: Config) -> SAETraining:
                        resample_every=0, l1_warmup_steps=cfg.sae_steps // 20)
 
 
+def load_config_corpus(cfg: Config) -> Corpus:
+    """The corpus `cfg` names (`corpus_dir`, `corpus_glob`, `max_bytes`)."""
+    return load_corpus(cfg.corpus_dir, include=cfg.corpus_glob, max_bytes=cfg.max_bytes)
+
+
 def _take(tree: Any, i: int) -> Any:
     return jax.tree.map(lambda a: jnp.asarray(a[i]), tree)
 
 
 def build(cfg: Config, corpus: Corpus | None = None):
     """The language-model stage: grid (seeds), per-instance hparams, keys and trainer."""
-    corpus = load_corpus(cfg.corpus_dir, max_bytes=cfg.max_bytes) if corpus is None else corpus
+    corpus = load_config_corpus(cfg) if corpus is None else corpus
     grid = Grid({"seed": range(cfg.n_seeds)})
     optim = OptimConfig(name="adamw", learning_rate=cfg.lm_learning_rate, weight_decay=0.01, schedule="cosine",
                         warmup_steps=min(100, cfg.n_steps // 10), total_steps=cfg.n_steps, final_fraction=0.1)
@@ -145,7 +158,7 @@ def build(cfg: Config, corpus: Corpus | None = None):
 
 
 def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
-    corpus = load_corpus(cfg.corpus_dir, max_bytes=cfg.max_bytes)
+    corpus = load_config_corpus(cfg)
     figures = out_dir.figures
     corpus_fingerprint = {"corpus": corpus.fingerprint}
 
@@ -238,7 +251,9 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
                    f"logits = direct path through W_out and W_U (ignoring the final LayerNorm)."),
         )
     return {
-        "corpus": {"root": str(corpus.root), "train_bytes": int(corpus.train.size), "val_bytes": int(corpus.val.size),
+        "corpus": {"root": str(corpus.root), "include": list(corpus.include), "files": corpus.n_files,
+                   "skipped_binary": corpus.n_binary, "skipped_over_budget": corpus.n_over_budget,
+                   "train_bytes": int(corpus.train.size), "val_bytes": int(corpus.val.size),
                    "fingerprint": corpus.fingerprint},
         "lm": {"val_loss_per_seed": val_losses, "best_seed": best_seed, "val_loss": ce_clean,
                "unigram_baseline": unigram, "below_unigram_by": unigram - ce_clean,

@@ -18,11 +18,20 @@ Execution options (none changes results): --devices N, --max-instances-per-call 
 --memory-fraction F, and for multi-process jobs --distributed [--coordinator HOST:PORT
 --num-processes N --process-id I] (or SUPERPOS_DISTRIBUTED=1).
 
-The run directory (`superpos_jax.rundir`) holds config.json, summary.json, metrics.jsonl,
-figures/*.png and checkpoints/ (orbax). Everything is validated before anything is compiled,
-and every expected error is one line `superpos: error: ...` with exit status 2 (a traceback
-means a bug); `run` never writes into a non-empty directory. SIGTERM stops a run after a
-final checkpoint with exit status 75 (EX_TEMPFAIL); `superpos resume DIR` continues it. In
+The run directory (`superpos_jax.rundir`) holds config.json, status.json (the start marker),
+summary.json, metrics.jsonl, figures/*.png and checkpoints/ (orbax). Everything is validated
+before anything is compiled, and every expected error (the project's own, OSError, invalid
+JSON, running out of memory) is one line `superpos: error: ...` with exit status 2; a
+traceback means a bug. `run` never writes into a non-empty directory, and a run that fails
+with an expected error before its first checkpoint removes what it created. A run killed
+before its first checkpoint is resumed from step 0.
+
+SIGTERM is handled from the moment `main` starts: it never kills the process half-way. A
+sweep that is training stops after its next checkpoint (the chunk running when the signal
+came, even the first one, still compiling, finishes first); a signal that comes before the
+run directory exists stops the command before it writes anything. Either way the exit status
+is 75 (EX_TEMPFAIL): repeat the command, or `superpos resume DIR`. A signal that comes
+after the last checkpoint lets the run finish its analysis and summary (exit 0). In
 multi-process jobs every process runs the same command; only process 0 writes files.
 """
 
@@ -30,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -212,7 +223,29 @@ def _execute(module: ModuleType, cfg: Any, run_dir: RunDir, quick: bool, executi
 
 
 class _Interrupted(Exception):
-    """The run stopped after a checkpoint (SIGTERM); it can be resumed."""
+    """The run stopped after a checkpoint, or before it started (SIGTERM); exit 75."""
+
+
+class _Termination:
+    """The SIGTERM handler of the whole command: it records the request (`requested`) and
+    returns, so that nothing is killed half-written. `run_sweep` finds this handler installed
+    and shares its flag (a request made before a sweep began stops it at its first checkpoint);
+    the commands look at it before they create anything."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            print("\nsuperpos: SIGTERM: stopping at the next checkpoint", file=sys.stderr, flush=True)
+        self.requested = True
+
+
+def _stop_if_requested(what: str) -> None:
+    """Raise `_Interrupted` when SIGTERM came before the command wrote anything."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if getattr(handler, "requested", False):
+        raise _Interrupted(f"stopped by SIGTERM before {what}; nothing was written, repeat the command")
 
 
 # ---------------------------------------------------------------- commands
@@ -251,12 +284,19 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     meta = {"experiment": module.NAME, "quick": args.quick, "config": config.to_dict(cfg), **suite.source_of(module)}
     if args.tensorboard is not None:
         meta["tensorboard"] = str(Path(args.tensorboard).resolve())
-    run_dir.create(meta)
+    _stop_if_requested(f"the run directory {root} was created")
+    made = run_dir.create(meta)
     from superpos_jax.engine import distributed
 
     if distributed.is_primary():
         print(f"run directory: {root}")
-    _execute(module, cfg, run_dir, args.quick, execution)
+    try:
+        _execute(module, cfg, run_dir, args.quick, execution)
+    except Exception as e:
+        if _expected(e) and not run_dir.has_checkpoint():
+            run_dir.discard(made)
+            raise _Failed(f"{_message(e)} (nothing was checkpointed; removed the run directory {root})") from e
+        raise
     return 0
 
 
@@ -273,13 +313,18 @@ def cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"cannot resume {args.dir}: {e}") from None
     tensorboard = args.tensorboard if args.tensorboard is not None else meta.get("tensorboard")
     run_dir = _run_dir(Path(args.dir), tensorboard)
-    if not run_dir.has_checkpoint():
-        raise ConfigError(f"cannot resume {args.dir}: no checkpoint in {run_dir.checkpoint_dir()}")
+    restart = not run_dir.has_checkpoint()
+    if restart and not run_dir.is_started():
+        raise RunDirError(f"cannot resume {args.dir}: no checkpoint in {run_dir.checkpoint_dir()} and no start "
+                          f"marker {run_dir.status_path.name} (not a run started by `superpos run`)")
     execution = _start(args)
     from superpos_jax.engine import distributed
 
+    _stop_if_requested(f"resuming {args.dir}")
+    run_dir.mark("started")
     if distributed.is_primary():
-        print(f"resuming {meta['experiment']} in {args.dir}")
+        print(f"{'no checkpoint yet: restarting' if restart else 'resuming'} {meta['experiment']} in {args.dir}"
+              f"{' from step 0' if restart else ''}")
     _execute(module, cfg, run_dir, bool(meta.get("quick", False)), execution)
     return 0
 
@@ -295,10 +340,7 @@ def cmd_steer(args: argparse.Namespace, extra: list[str]) -> int:
     if not values:
         raise ConfigError("give --value X (and optionally --values X1 X2 ... for a sweep)")
     run = steering.load_run(args.run)
-    try:
-        steering.check_request(run, args.feature, args.prompt)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    steering.check_request(run, args.feature, args.prompt, values=values, n_new=args.n_new)
     print(f"prompt: {args.prompt!r}")
     print(f"unsteered: {steering.steer_generate(run, args.prompt, args.feature, None, args.n_new)!r}")
     for v in values:
@@ -365,20 +407,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Failed(Exception):
+    """An expected error, already put into words (after cleaning up)."""
+
+
 def _expected(e: BaseException) -> bool:
-    """Whether `e` is an error of the user's input or environment (not a bug)."""
+    """Whether `e` is an error of the user's input or environment (not a bug): the project's
+    own errors (those of modules not yet imported cannot have been raised), OSError, invalid
+    JSON, running out of memory (the host's, numpy's "array is too big", XLA's
+    RESOURCE_EXHAUSTED or "Out of memory")."""
     kinds: list[type[BaseException]] = [ConfigError, RunDirError, suite.ExperimentError, OSError,
-                                        json.JSONDecodeError, MemoryError, KeyError]
-    checkpoint = sys.modules.get("superpos_jax.engine.checkpoint")
-    if checkpoint is not None:
-        kinds += [checkpoint.CheckpointMismatch, checkpoint.CheckpointError]
-    return isinstance(e, tuple(kinds))
+                                        json.JSONDecodeError, MemoryError, KeyError, _Failed]
+    for module, names in _PROJECT_ERRORS.items():
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            kinds += [getattr(loaded, n) for n in names]
+    if isinstance(e, tuple(kinds)):
+        return True
+    return _out_of_memory(e)
+
+
+_PROJECT_ERRORS = {
+    "superpos_jax.engine.checkpoint": ("CheckpointMismatch", "CheckpointError"),
+    "superpos_jax.interop.safetensors": ("SafetensorsError",),
+    "superpos_jax.interop.saelens": ("SAELensFormatError",),
+    "superpos_jax.lm.corpus": ("CorpusError",),
+    "superpos_jax.lm.io": ("TransformerFormatError",),
+    "superpos_jax.lm.steering": ("SteeringError",),
+}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    if isinstance(e, ValueError) and ("array is too big" in text or "Maximum allowed size exceeded" in text):
+        return True
+    jax_errors = sys.modules.get("jax.errors")
+    runtime = getattr(jax_errors, "JaxRuntimeError", None)
+    return runtime is not None and isinstance(e, runtime) and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text)
+
+
+def _message(e: BaseException) -> str:
+    """The one line that describes expected error `e`: where it happened, what was wrong."""
+    if isinstance(e, json.JSONDecodeError) and not isinstance(e, ConfigError):
+        return f"invalid JSON: {e}"
+    if isinstance(e, KeyError) and e.args:
+        return f"missing key {e.args[0]!r}" if not isinstance(e.args[0], str) or " " not in e.args[0] else e.args[0]
+    if isinstance(e, MemoryError):
+        return f"out of memory: {e or 'the config asks for more memory than this machine has'}"
+    if _out_of_memory(e):
+        return f"out of memory (the config asks for arrays too large for this machine): {str(e).splitlines()[0]}"
+    msg = str(e)
+    if isinstance(e, OSError) and not isinstance(e, ConfigError) and e.filename is not None and str(e.filename) not in msg:
+        msg = f"{msg} ({e.filename})"
+    return msg
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command in `argv` (default: sys.argv[1:]); return its exit status."""
-    args, extra = build_parser().parse_known_args(argv)
+    """Run the command in `argv` (default: sys.argv[1:]); return its exit status.
+
+    SIGTERM is caught from the start (see the module docstring) and the previous handler is
+    restored on return."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _Termination()) if in_main_thread else None
     try:
+        args, extra = build_parser().parse_known_args(argv)
         return args.func(args, extra)
     except _Interrupted as e:
         print(f"superpos: {e}", file=sys.stderr)
@@ -386,11 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _expected(e):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        if isinstance(e, OSError) and not isinstance(e, ConfigError) and e.filename is not None and str(e.filename) not in msg:
-            msg = f"{msg} ({e.filename})"
-        print(f"superpos: error: {msg}", file=sys.stderr)
+        print(f"superpos: error: {_message(e)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

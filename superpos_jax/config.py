@@ -65,6 +65,20 @@ non_empty = Rule("non-empty", lambda v: len(v) > 0)
 distinct = Rule("a list without repeats", lambda v: len(set(v)) == len(v))
 
 
+POWER_LIMIT = 1e30
+"""The largest `base**exponent` that `check_power` allows: float32 holds it (up to 3.4e38) with
+room for the sums and gradients that it weighs."""
+
+
+def check_power(field: str, base: float, exponent: int, exponent_text: str, limit: float = POWER_LIMIT) -> None:
+    """Fail on `field` unless `base**exponent <= limit` (for `check()` methods: a geometric
+    profile `base**i`, i <= exponent, stays finite and sane in float32); `exponent_text` says
+    where the exponent comes from ("n_features - 1"). Computed in logs."""
+    if base > 1 and exponent > 0 and exponent * math.log(base) > math.log(limit):
+        fail(field, base, f"at most {limit ** (1 / exponent):.6g}, so that {field}**({exponent_text}) = "
+                          f"{field}**{exponent} <= {limit:g}")
+
+
 def at_least(lo: float) -> Rule:
     return Rule(f">= {lo}", lambda v: v >= lo)
 
@@ -97,7 +111,7 @@ Probabilities = Annotated[tuple[float, ...], non_empty, each(probability)]
 
 def _type_error(tp: Any, value: Any) -> str | None:
     """What `value` should be to have type `tp` (None when it has it). Floats must be finite
-    unless the annotation carries `allow_infinite`; bools are not ints."""
+    unless the annotation carries `allow_infinite`; ints must fit in 64 bits; bools are not ints."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
         return _type_error(args[0], value)
@@ -120,7 +134,9 @@ def _type_error(tp: Any, value: Any) -> str | None:
     if tp is bool:
         return None if isinstance(value, bool) else "true or false"
     if tp is int:
-        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "an integer"
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            return "an integer"
+        return None if -(2**63) <= value < 2**63 else "an integer that fits in 64 bits"
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return "a number"

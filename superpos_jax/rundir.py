@@ -1,20 +1,32 @@
 """The run directory of an experiment: the one place that knows its layout.
 
     <root>/config.json        what ran: {"experiment", "quick", "config", ["path"]}
+    <root>/status.json        the start marker: {"status": "started" | "finished", "time", "pid", "host"}
     <root>/summary.json       the experiment's results (per-instance records with grid coordinates)
     <root>/metrics.jsonl      one line per training chunk (step, per-instance values)
     <root>/figures/*.png      the figures
     <root>/checkpoints/       orbax checkpoints of the (untagged) sweep
     <root>/checkpoints/<tag>/ ... of sweep `tag` when an experiment trains several
 
-`run` refuses a non-empty directory (earlier results are never overwritten); `resume` opens
-one that has a config.json and a checkpoint. In a multi-process job every process holds the
-same `RunDir`; only process 0 writes config.json and summary.json (atomically).
+A run directory is always resumable or gone. `run` refuses a non-empty directory (earlier
+results are never overwritten), then writes the start marker status.json and, last,
+config.json; from then on `resume` continues it from its newest checkpoint or, when it has
+none yet (killed during the first compile, say), starts the same config again from step 0.
+A directory that holds the marker but no config.json (killed while being created) counts
+as empty for `run`.
+A run that fails with an expected error before its first checkpoint is removed again
+(`discard`: whatever it created, and nothing else), so that the same `run` can be repeated.
+In a multi-process job every process holds the same `RunDir`; only process 0 writes
+config.json, status.json and summary.json (atomically).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +36,19 @@ if TYPE_CHECKING:
     from superpos_jax.engine.metrics_log import MetricsLog
 
 CONFIG = "config.json"
+STATUS = "status.json"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 FIGURES = "figures"
 CHECKPOINTS = "checkpoints"
-_RESERVED = (CONFIG, SUMMARY, METRICS, FIGURES, CHECKPOINTS)
+_CREATION = (STATUS, STATUS + ".tmp", CONFIG + ".tmp")
+"""What an interrupted `create` may leave (the marker, before config.json): `run` reuses it."""
+_RESERVED = (CONFIG, STATUS, SUMMARY, METRICS, FIGURES, CHECKPOINTS)
 
 
 class RunDirError(ValueError):
-    """A run directory cannot be used as asked (not empty for `run`, not a run for `resume`)."""
+    """A run directory cannot be used as asked (not empty or not a directory for `run`, not a
+    run for `resume`)."""
 
 
 def _is_primary() -> bool:
@@ -123,26 +139,91 @@ class RunDir:
 
     # ------------------------------------------------------------ lifecycle
 
-    def ensure_empty(self) -> None:
-        """Raise `RunDirError` unless `root` is missing or empty (checked by every process)."""
-        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
-            raise RunDirError(
-                f"output directory {self.root} is not empty; choose another --out, or continue it with "
-                f"`superpos resume {self.root}`"
-            )
+    @property
+    def status_path(self) -> Path:
+        return self.root / STATUS
 
-    def create(self, meta: dict[str, Any]) -> None:
-        """Make the directory and write config.json = `meta` (process 0), between barriers so
-        that every process has seen it empty before and finds it made after."""
+    def ensure_empty(self) -> None:
+        """Raise `RunDirError` unless `root` is missing or an empty directory that `create` can
+        write into (checked by every process)."""
+        root = self.root
+        if root.is_symlink() and not root.exists():
+            raise RunDirError(f"output directory {root} is a symbolic link to {os.readlink(root)}, which does not exist")
+        if root.exists() and not root.is_dir():
+            raise RunDirError(f"output directory {root} is a file, not a directory; choose another --out")
+        if root.is_dir():
+            if any(p.name not in _CREATION for p in root.iterdir()):
+                raise RunDirError(
+                    f"output directory {root} is not empty; choose another --out, or continue it with "
+                    f"`superpos resume {root}`"
+                )
+            writable = root
+        else:
+            writable = next(p for p in root.absolute().parents if p.exists() or p.is_symlink())
+            if not writable.is_dir():
+                raise RunDirError(f"cannot create output directory {root}: {writable} is not a directory")
+        if not os.access(writable, os.W_OK | os.X_OK):
+            raise RunDirError(f"cannot create output directory {root}: {writable} is not writable")
+
+    def create(self, meta: dict[str, Any]) -> list[Path]:
+        """Make the directory, write the start marker and then config.json = `meta` (process 0),
+        between barriers so that every process has seen it empty before and finds it made after.
+
+        Returns:
+            The directories this call made, outermost first (`root` and any missing parents;
+            empty on other processes), for `discard`.
+        """
         _barrier("superpos-run-checked")
+        made: list[Path] = []
         if _is_primary():
-            self.root.mkdir(parents=True, exist_ok=True)
-            write_json(self.config_path, meta)
+            made = [p for p in (*reversed(self.root.absolute().parents), self.root.absolute()) if not p.exists()]
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self.mark("started")
+                write_json(self.config_path, meta)  # last: a directory with config.json is a whole run
+            except OSError as e:
+                raise RunDirError(f"cannot create output directory {self.root}: {e.strerror or e}") from None
         _barrier("superpos-run-created")
+        return made
+
+    def mark(self, status: str) -> None:
+        """Write the start marker: `status` ("started" by `run` and `resume`, "finished" with the
+        summary), when and by which process (process 0 only)."""
+        if _is_primary():
+            write_json(self.status_path, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                          "pid": os.getpid(), "host": socket.gethostname()})
+
+    def is_started(self) -> bool:
+        """Whether `run` started here: the start marker exists (with config.json: it completed)."""
+        return self.status_path.is_file()
+
+    def discard(self, made: list[Path]) -> None:
+        """Remove what this run created, after it failed before its first checkpoint: the
+        directories in `made` (from `create`), or, when `root` existed (it was empty then),
+        everything in it; nothing outside `root` but the empty parents it made. Process 0 only."""
+        if not _is_primary():
+            return
+        root = self.root.absolute()
+        if root in made:
+            shutil.rmtree(root, ignore_errors=True)
+            for parent in reversed(made[: made.index(root)]):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+        elif root.is_dir():
+            for entry in root.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def read_config(self) -> dict[str, Any]:
         """config.json of an existing run; `RunDirError` when it is missing or malformed."""
         if not self.config_path.is_file():
+            if self.is_started():
+                raise RunDirError(f"cannot resume {self.root}: it was interrupted while being created (no {CONFIG}); "
+                                  f"start it again with `superpos run ... --out {self.root}`")
             raise RunDirError(f"cannot resume {self.root}: it has no {CONFIG} (not a run directory)")
         try:
             meta = read_json(self.config_path)
@@ -153,7 +234,8 @@ class RunDir:
         return meta
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write summary.json atomically (process 0 only)."""
+        """Write summary.json atomically and mark the run finished (process 0 only)."""
         if _is_primary():
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(self.summary_path, summary)
+            self.mark("finished")

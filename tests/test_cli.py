@@ -194,3 +194,35 @@ def test_run_help_without_a_name_lists_experiments(capsys):
     assert cli.main(["run", "--help"]) == 0
     out = capsys.readouterr().out
     assert "experiments:" in out and "sparsity" in out
+
+
+def test_resume_without_a_checkpoint_restarts_from_step_0(tmp_path, capsys):
+    """A run killed before its first checkpoint (config.json and the start marker only) is no
+    dead end: resume trains the same config from step 0."""
+    from superpos_jax.config import to_dict
+    from superpos_jax.rundir import RunDir
+
+    out = tmp_path / "run"
+    _, cfg = cli._prepare("sparsity", False, TINY[1:])
+    RunDir(out).create({"experiment": "sparsity", "quick": False, "config": to_dict(cfg)})
+    assert cli.main(["resume", str(out)]) == 0
+    assert "no checkpoint yet: restarting sparsity" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["n_instances"] == 4
+
+
+def test_sigterm_before_the_run_directory_exists_exits_75_writing_nothing(monkeypatch, capsys, tmp_path):
+    import os
+    import signal
+
+    real = cli._execution_options
+
+    def options_then_sigterm(args):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by main's handler: only a flag is set
+        return real(args)
+
+    monkeypatch.setattr(cli, "_execution_options", options_then_sigterm)
+    monkeypatch.setattr(sparsity, "run", lambda *a, **k: pytest.fail("reached training"))
+    assert cli.main(["run", "sparsity", "--out", str(tmp_path / "run"), *TINY]) == cli.EXIT_PREEMPTED
+    assert "nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or not hasattr(signal.getsignal(signal.SIGTERM), "requested")

@@ -60,3 +60,55 @@ def test_metrics_log_writes_into_the_run_directory(tmp_path):
     (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert record["sweep"] == "toy" and record["step"] == 10 and record["instances"][1]["coords"] == {"seed": 1}
+
+
+def test_create_writes_the_start_marker_and_discard_removes_only_what_it_made(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    run = RunDir(tmp_path / "a" / "b" / "r")
+    made = run.create({"experiment": "x", "quick": False, "config": {}})
+    assert made == [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "r"]
+    assert run.is_started() and json.loads(run.status_path.read_text())["status"] == "started"
+    (run.root / "metrics.jsonl").write_text("{}\n")
+    run.discard(made)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # parents it made went too
+
+
+def test_discard_of_a_directory_that_existed_empties_it(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    made = run.create({"experiment": "x", "quick": False, "config": {}})
+    assert made == []
+    (run.figures).mkdir()
+    run.discard(made)
+    assert run.root.is_dir() and not any(run.root.iterdir())
+
+
+def test_write_summary_marks_the_run_finished(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.create({"experiment": "x", "quick": False, "config": {}})
+    run.write_summary({"n": 1})
+    assert json.loads(run.status_path.read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("x"), "is a file, not a directory"),
+    (lambda p: p.symlink_to(p.parent / "missing"), "is a symbolic link to"),
+])
+def test_ensure_empty_names_what_is_wrong(tmp_path, make, message):
+    make(tmp_path / "r")
+    with pytest.raises(RunDirError, match=message):
+        RunDir(tmp_path / "r").ensure_empty()
+    if (tmp_path / "r").is_file():
+        with pytest.raises(RunDirError, match="cannot create output directory .*r/sub: .* is not a directory"):
+            RunDir(tmp_path / "r" / "sub").ensure_empty()
+
+
+def test_a_creation_cut_short_is_reused_by_run_and_explained_by_resume(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    run.mark("started")  # killed between the marker and config.json
+    run.ensure_empty()
+    with pytest.raises(RunDirError, match="interrupted while being created"):
+        run.read_config()
+    run.create({"experiment": "x", "quick": False, "config": {}})
+    assert run.read_config()["experiment"] == "x"

@@ -13,8 +13,10 @@ prints progress, appends a line to metrics.jsonl (`metrics_log`, when given) and
 checkpoint. With `chunk_steps >= n_steps` and one block the whole sweep is literally one call.
 
 Durability: a checkpoint after every chunk holds the whole state (params, optimizer state,
-step, keys), the loss trace and the run's fingerprint. A run that finds checkpoints
-continues from the newest readable one and ends bit-identical to an uninterrupted run.
+step, keys), the loss trace and the run's fingerprint, each array with its SHA-256. A run
+that finds checkpoints continues from the newest one that reads back and matches its
+checksums (others are quarantined, see `checkpoint`) and ends bit-identical to an
+uninterrupted run.
 SIGTERM (preemption) lets the current chunk finish, checkpoints, and raises `Preempted`.
 """
 
@@ -157,7 +159,10 @@ class Progress:
 
 
 class _StopRequest:
-    """Turns SIGTERM into a flag checked between chunks (only in the main thread)."""
+    """Turns SIGTERM into a flag checked between chunks (only in the main thread). A handler
+    installed before, with a `requested` flag of its own (the `superpos` command's), shares it:
+    a SIGTERM that came before this sweep began stops it at its first checkpoint, and one that
+    came during it is passed on to whatever runs next."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -166,6 +171,7 @@ class _StopRequest:
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self.requested = bool(getattr(self._previous, "requested", False))
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -175,6 +181,8 @@ class _StopRequest:
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+            if self.requested and hasattr(self._previous, "requested"):
+                self._previous.requested = True
 
 
 def _leading_size(hparams: Hparams, n: int) -> None:

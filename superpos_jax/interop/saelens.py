@@ -54,20 +54,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from superpos_jax.interop import bounded_json
 from superpos_jax.interop.safetensors import load_file, save_file, write_atomic
 
 __all__ = [
     "ARCHITECTURES",
+    "CFG_FIELDS",
     "CFG_FILENAME",
     "WEIGHTS_FILENAME",
     "SAELensFormatError",
+    "check_cfg_types",
     "from_saelens",
     "saelens_cfg",
     "save_saelens",
@@ -88,6 +91,8 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
 
 _TRANSPOSED = ("W_enc", "W_dec")
 _DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
+_MAX_CFG_BYTES = 16_000_000
+_MAX_CFG_DEPTH = 32
 _DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "hook_layer": None,
@@ -117,7 +122,7 @@ def _shapes(architecture: str, d_in: int, d_sae: int, *, ours: bool) -> dict[str
 
 def _architecture(cfg: Mapping[str, Any]) -> str:
     architecture = cfg.get("architecture", "standard")
-    if architecture not in ARCHITECTURES:
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
         raise SAELensFormatError(f"cfg architecture {architecture!r} is not one of {sorted(ARCHITECTURES)}")
     return architecture
 
@@ -126,8 +131,8 @@ def _positive_int(cfg: Mapping[str, Any], field: str) -> int:
     if field not in cfg:
         raise SAELensFormatError(f"cfg is missing required field {field!r}")
     value = cfg[field]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SAELensFormatError(f"cfg field {field!r} must be a positive int, got {value!r}")
+    if not _is_int(value) or value < 1:
+        raise SAELensFormatError(f"cfg field {field!r} must be a positive int, got {bounded_json.short(value)}")
     return value
 
 
@@ -135,15 +140,63 @@ def _topk_k(cfg: Mapping[str, Any], d_sae: int) -> int:
     kwargs = cfg.get("activation_fn_kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise SAELensFormatError(f"cfg field 'activation_fn_kwargs' must be an object, got {kwargs!r}")
-    candidates = {v for v in (cfg.get("k"), kwargs.get("k")) if v is not None}
+    given = [v for v in (cfg.get("k"), kwargs.get("k")) if v is not None]
+    for k in given:
+        if not _is_int(k) or not 1 <= k <= d_sae:
+            raise SAELensFormatError(f"topk cfg k must be an int in [1, d_sae={d_sae}], got {k!r}")
+    candidates = set(given)
     if not candidates:
         raise SAELensFormatError("topk cfg is missing 'k' (top level or in 'activation_fn_kwargs')")
     if len(candidates) > 1:
         raise SAELensFormatError(f"topk cfg gives conflicting k values {sorted(candidates)}")
     (k,) = candidates
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae:
-        raise SAELensFormatError(f"topk cfg k must be an int in [1, d_sae={d_sae}], got {k!r}")
     return k
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_FieldRule = tuple[Callable[[Any], bool], str]
+_OPTIONAL_INT: _FieldRule = (lambda v: v is None or _is_int(v), "an int or null")
+_OPTIONAL_STR: _FieldRule = (lambda v: v is None or isinstance(v, str), "a string or null")
+_STR: _FieldRule = (lambda v: isinstance(v, str), "a string")
+_BOOL: _FieldRule = (lambda v: isinstance(v, bool), "true or false")
+_OBJECT: _FieldRule = (lambda v: v is None or isinstance(v, dict), "a JSON object or null")
+CFG_FIELDS: dict[str, _FieldRule] = {
+    "architecture": (lambda v: isinstance(v, str) and v in ARCHITECTURES, f"one of {sorted(ARCHITECTURES)}"),
+    "d_in": (lambda v: _is_int(v) and v >= 1, "a positive int"),
+    "d_sae": (lambda v: _is_int(v) and v >= 1, "a positive int"),
+    "dtype": _STR,
+    "device": _STR,
+    "hook_name": _STR,
+    "model_name": _STR,
+    "hook_layer": _OPTIONAL_INT,
+    "hook_head_index": _OPTIONAL_INT,
+    "apply_b_dec_to_input": _BOOL,
+    "normalize_activations": _OPTIONAL_STR,
+    "activation_fn_str": _STR,
+    "activation_fn_kwargs": _OBJECT,
+    "k": _OPTIONAL_INT,
+    "finetuning_scaling_factor": _BOOL,
+    "sae_lens_training_version": _OPTIONAL_STR,
+    "context_size": _OPTIONAL_INT,
+    "prepend_bos": _BOOL,
+    "dataset_path": _OPTIONAL_STR,
+    "model_from_pretrained_kwargs": _OBJECT,
+    "metadata": _OBJECT,
+    "superpos_architecture": _STR,
+}
+"""The cfg.json fields this module reads or writes → (test, what is allowed). Any other field is
+kept as it is."""
+
+
+def check_cfg_types(cfg: Mapping[str, Any], where: str = "cfg") -> None:
+    """Check the type of every known field present in `cfg` (`CFG_FIELDS`), before any is used.
+    Raises `SAELensFormatError` naming `where`, the field, its value and what is allowed."""
+    for field, (test, allowed) in CFG_FIELDS.items():
+        if field in cfg and not test(cfg[field]):
+            raise SAELensFormatError(f"{where}: field {field!r} = {bounded_json.short(cfg[field])} is invalid: must be {allowed}")
 
 
 def _check_tensor_names(architecture: str, names: set[str], where: str) -> None:
@@ -173,6 +226,17 @@ def _dtype_name(dtype: np.dtype) -> str:
     return name
 
 
+def _check_float_tensors(tensors: Mapping[str, np.ndarray], where: str) -> None:
+    """Every tensor of a float dtype SAELens uses, with finite values only."""
+    for name, tensor in tensors.items():
+        if tensor.dtype.name not in _DTYPE_NAMES:
+            raise SAELensFormatError(
+                f"{where}: tensor {name!r} has dtype {tensor.dtype.name}; SAE weights must be one of {_DTYPE_NAMES}")
+        if not np.all(np.isfinite(tensor)):
+            bad = int(np.size(tensor) - np.count_nonzero(np.isfinite(tensor)))
+            raise SAELensFormatError(f"{where}: tensor {name!r} holds {bad} non-finite values (NaN or inf)")
+
+
 def saelens_cfg(cfg: Mapping[str, Any], *, d_in: int, d_sae: int, dtype: str) -> dict[str, Any]:
     """The full cfg.json object for an SAE of the given sizes and dtype name.
 
@@ -195,6 +259,7 @@ def saelens_cfg(cfg: Mapping[str, Any], *, d_in: int, d_sae: int, dtype: str) ->
     out["activation_fn_str"] = "topk" if architecture == "topk" else "relu"
     out["activation_fn_kwargs"] = {}
     out.update(cfg)
+    check_cfg_types(out)
     if architecture == "topk":
         k = _topk_k(out, d_sae)
         out["k"] = k
@@ -230,6 +295,7 @@ def to_saelens(
     shapes = _shapes(architecture, d_in, d_sae, ours=True)
     _check_shapes(arrays, shapes, "weights", f"our convention, d_in={d_in}, d_sae={d_sae} from W_enc")
     cfg_json = saelens_cfg(cfg, d_in=d_in, d_sae=d_sae, dtype=_dtype_name(arrays["W_enc"].dtype))
+    _check_float_tensors(arrays, "weights")
     tensors = {
         name: np.ascontiguousarray(array.T if name in _TRANSPOSED else array) for name, array in arrays.items()
     }
@@ -245,11 +311,13 @@ def weights_from_saelens(
     Raises `SAELensFormatError` naming a missing or unexpected tensor, a shape that disagrees with
     d_in/d_sae, or a bad cfg field (`d_in`, `d_sae`, `architecture`, topk `k`).
     """
+    check_cfg_types(cfg)
     architecture = _architecture(cfg)
     d_in, d_sae = _positive_int(cfg, "d_in"), _positive_int(cfg, "d_sae")
     if architecture == "topk":
         _topk_k(cfg, d_sae)
     _check_tensor_names(architecture, set(tensors), where)
+    _check_float_tensors(tensors, where)
     _check_shapes(tensors, _shapes(architecture, d_in, d_sae, ours=False), where,
                   f"SAELens convention, d_in={d_in}, d_sae={d_sae} from cfg")
     return {name: np.ascontiguousarray(t.T) if name in _TRANSPOSED else t for name, t in tensors.items()}
@@ -280,18 +348,20 @@ def from_saelens(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarra
 
     The cfg is cfg.json as stored, every field kept, with `architecture` filled in ("standard") if
     absent and `hook_name`/`model_name` copied up from a v6 `"metadata"` object if absent at top
-    level. Raises `FileNotFoundError` naming a missing file, `SAELensFormatError` for an invalid
-    cfg.json or mismatched/missing tensors, `SafetensorsError` for a corrupt weights file.
+    level. cfg.json is read with bounds (at most 16 MB, nesting at most 32 deep) and the type of
+    every known field (`CFG_FIELDS`) is checked before any is used; `hook_name` is required.
+    Tensors must have a float dtype SAELens uses and finite values.
+
+    Raises `FileNotFoundError` naming a missing file, `SAELensFormatError` for an invalid cfg.json
+    or mismatched/missing/non-float tensors, `SafetensorsError` for a corrupt weights file.
     """
     directory = Path(directory)
     cfg_path, weights_path = directory / CFG_FILENAME, directory / WEIGHTS_FILENAME
     for path in (cfg_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"SAELens directory {directory} has no {path.name}")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SAELensFormatError(f"{cfg_path}: not valid JSON: {error}") from None
+    cfg = bounded_json.read(cfg_path, error=SAELensFormatError, max_bytes=_MAX_CFG_BYTES, max_depth=_MAX_CFG_DEPTH,
+                            allow_nonfinite=True)
     if not isinstance(cfg, dict):
         raise SAELensFormatError(f"{cfg_path}: must hold a JSON object, got {type(cfg).__name__}")
     cfg.setdefault("architecture", "standard")
@@ -300,5 +370,13 @@ def from_saelens(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarra
         for field in ("hook_name", "model_name"):
             if field not in cfg and field in metadata:
                 cfg[field] = metadata[field]
-    weights = weights_from_saelens(load_file(weights_path), cfg, where=str(weights_path))
+    check_cfg_types(cfg, str(cfg_path))
+    if "hook_name" not in cfg:
+        raise SAELensFormatError(f"{cfg_path}: required field 'hook_name' is missing (at top level and in 'metadata')")
+    try:
+        weights = weights_from_saelens(load_file(weights_path), cfg, where=str(weights_path))
+    except SAELensFormatError as e:
+        if str(directory) in str(e):
+            raise
+        raise SAELensFormatError(f"{cfg_path}: {e}") from None
     return weights, cfg

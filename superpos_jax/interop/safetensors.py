@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
+
+from superpos_jax.interop import bounded_json
 
 __all__ = ["DTYPES", "SafetensorsError", "load_file", "read_metadata", "save_file"]
 
@@ -57,6 +60,9 @@ DTYPES: dict[str, np.dtype] = {
 
 _METADATA_KEY = "__metadata__"
 _MAX_HEADER_BYTES = 100_000_000
+_MAX_HEADER_DEPTH = 8  # {"name": {"shape": [..]}} is 3 deep; __metadata__ is 2
+_MAX_ARRAY_BYTES = 2**62  # numpy refuses sizes past intp, even with a zero dimension
+_MAX_NDIM = 32
 
 
 class SafetensorsError(ValueError):
@@ -140,35 +146,22 @@ def write_atomic(path: Path, parts: list[bytes]) -> None:
         raise
 
 
-class _DuplicateKey(Exception):
-    pass
+def _read_header(f: BinaryIO, size: int, source: str) -> tuple[dict, int]:
+    """The header of the open file `f` of `size` bytes and the offset of its data buffer.
 
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _read_header(data: bytes | bytearray | memoryview, source: str) -> tuple[dict, int]:
-    if len(data) < 8:
-        raise SafetensorsError(f"{source}: truncated: {len(data)} bytes, fewer than the 8-byte header length")
-    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    The 8-byte length is checked against the size limit and the file size before the header is
+    read, and the JSON's nesting depth before it is parsed; nothing past the header is read."""
+    if size < 8:
+        raise SafetensorsError(f"{source}: truncated: {size} bytes, fewer than the 8-byte header length")
+    (n,) = struct.unpack("<Q", f.read(8))
     if n > _MAX_HEADER_BYTES:
         raise SafetensorsError(f"{source}: header length {n} exceeds the limit of {_MAX_HEADER_BYTES} bytes")
-    if 8 + n > len(data):
-        raise SafetensorsError(
-            f"{source}: truncated: header length {n} runs past the end of the {len(data)}-byte file"
-        )
-    try:
-        header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SafetensorsError(f"{source}: header is not valid UTF-8 JSON: {error}") from None
-    except _DuplicateKey as error:
-        raise SafetensorsError(f"{source}: header repeats the key {error.args[0]!r}") from None
+    if 8 + n > size:
+        raise SafetensorsError(f"{source}: truncated: header length {n} runs past the end of the {size}-byte file")
+    data = f.read(n)
+    if len(data) != n:
+        raise SafetensorsError(f"{source}: truncated while reading the {n}-byte header")
+    header = bounded_json.parse(data, source=f"{source}: header", error=SafetensorsError, max_depth=_MAX_HEADER_DEPTH)
     if not isinstance(header, dict):
         raise SafetensorsError(f"{source}: header must be a JSON object, got {type(header).__name__}")
     return header, 8 + n
@@ -189,14 +182,18 @@ def _parse_entries(header: dict, buffer_size: int, source: str) -> dict[str, _En
             continue
         where = f"{source}: tensor {name!r}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise SafetensorsError(f"{where}: entry must have exactly dtype, shape, data_offsets; got {info!r}")
+            raise SafetensorsError(f"{where}: entry must have exactly dtype, shape, data_offsets; got {bounded_json.short(info)}")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in DTYPES:
+        if not isinstance(code, str) or code not in DTYPES:
             raise SafetensorsError(f"{where}: unknown dtype {code!r} (known: {sorted(DTYPES)})")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise SafetensorsError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
+        if not isinstance(shape, list) or len(shape) > _MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape):
+            raise SafetensorsError(
+                f"{where}: shape must be a list of at most {_MAX_NDIM} non-negative ints, got {bounded_json.short(shape)}")
+        if math.prod(d for d in shape if d) * DTYPES[code].itemsize > _MAX_ARRAY_BYTES:
+            raise SafetensorsError(f"{where}: shape {bounded_json.short(shape)} is too large for an array "
+                                   f"(its non-zero dimensions span more than 2**62 bytes)")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
-            raise SafetensorsError(f"{where}: data_offsets must be [begin, end], got {offsets!r}")
+            raise SafetensorsError(f"{where}: data_offsets must be [begin, end] (ints), got {bounded_json.short(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end:
             raise SafetensorsError(f"{where}: invalid data_offsets [{begin}, {end}]")
@@ -231,32 +228,48 @@ def _metadata(header: dict, source: str) -> dict[str, str] | None:
     if meta is None:
         return None
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise SafetensorsError(f"{source}: __metadata__ must map str to str, got {meta!r}")
+        raise SafetensorsError(f"{source}: __metadata__ must map str to str, got {bounded_json.short(meta)}")
     return meta
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read every tensor of the safetensors file at `path`, as name → numpy array (native byte order).
 
-    The whole file is read into memory; the arrays are writable views of that one buffer.
+    The file is validated before any tensor data is read: its header length against the size
+    limit and the file size, the header's JSON (depth, types), then every tensor's dtype, shape
+    and offsets against the size of the data buffer. Only then is the file memory-mapped and each
+    tensor's declared bytes copied out, so a file whose header does not describe it is refused
+    without reading it. The arrays own their memory (writable; the file is closed on return).
+
     Raises `SafetensorsError` if the file is truncated, its header length or offsets are out of
     bounds, its offsets overlap or leave gaps, a dtype is unknown, a byte count disagrees with a
     shape, BOOL data holds bytes other than 0/1, a header key repeats, or the header or its
     `__metadata__` is malformed; `FileNotFoundError` if there is no file.
     """
-    source = str(path)
-    data = bytearray(Path(path).read_bytes())
-    header, start = _read_header(data, source)
-    _metadata(header, source)
-    entries = _parse_entries(header, len(data) - start, source)
-    buffer = memoryview(data)[start:]
-    tensors: dict[str, np.ndarray] = {}
-    for name, (dtype, shape, begin, end) in entries.items():
-        if dtype == np.bool_ and bytes(buffer[begin:end]).translate(None, b"\x00\x01"):
-            raise SafetensorsError(f"{source}: tensor {name!r}: BOOL data holds bytes other than 0 and 1")
-        array = np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape)
-        tensors[name] = array.astype(dtype.newbyteorder("="), copy=False)
-    return tensors
+    source = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        header, start = _read_header(f, size, source)
+        _metadata(header, source)
+        entries = _parse_entries(header, size - start, source)
+        if size == start:
+            return {name: np.zeros(shape, dtype.newbyteorder("=")) for name, (dtype, shape, _, _) in entries.items()}
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return {name: _copy_out(mapped, start, entry, f"{source}: tensor {name!r}") for name, entry in entries.items()}
+
+
+def _copy_out(mapped: mmap.mmap, start: int, entry: _Entry, where: str) -> np.ndarray:
+    """The tensor `entry` of the mapped file as an array of its own (the map can then be closed)."""
+    dtype, shape, begin, end = entry
+    if end == begin:
+        return np.zeros(shape, dtype.newbyteorder("="))
+    view = np.frombuffer(mapped, dtype=np.uint8, count=end - begin, offset=start + begin)
+    try:
+        if dtype == np.bool_ and np.any(view > 1):
+            raise SafetensorsError(f"{where}: BOOL data holds bytes other than 0 and 1")
+        return view.view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+    finally:
+        del view
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str] | None:
@@ -264,15 +277,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str] | None:
 
     Reads only the header (and validates it against the file size like `load_file`).
     """
-    source = str(path)
-    size = os.path.getsize(path)
+    source = os.fspath(path)
     with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise SafetensorsError(f"{source}: truncated: {len(prefix)} bytes, fewer than the 8-byte header length")
-        (n,) = struct.unpack("<Q", prefix)
-        if n > _MAX_HEADER_BYTES or 8 + n > size:
-            raise SafetensorsError(f"{source}: truncated: header length {n} runs past the end of the {size}-byte file")
-        header, start = _read_header(prefix + f.read(n), source)
+        size = os.fstat(f.fileno()).st_size
+        header, start = _read_header(f, size, source)
     _parse_entries(header, size - start, source)
     return _metadata(header, source)

@@ -144,11 +144,11 @@ def _corrupt_cases() -> list:
         pytest.param(struct.pack("<Q", 4096) + b"{}", "header length 4096 runs past", id="header-past-eof"),
         pytest.param(struct.pack("<Q", 2**62) + b"{}", "exceeds the limit", id="huge-header-length"),
         pytest.param(good[:-3], "truncated: tensor 'y' ends at byte 12", id="truncated-data"),
-        pytest.param(struct.pack("<Q", 8) + b"{not js}", "not valid UTF-8 JSON", id="bad-json"),
+        pytest.param(struct.pack("<Q", 8) + b"{not js}", "header: not valid JSON", id="bad-json"),
         pytest.param(struct.pack("<Q", 8) + b"[1,2,3] ", "must be a JSON object", id="json-array"),
         pytest.param(_raw_file({"x": {**_GOOD["x"], "dtype": "F33"}}, bytes(8)), "unknown dtype 'F33'", id="dtype"),
         pytest.param(_raw_file({"x": {**_GOOD["x"], "shape": [3]}}, bytes(8)), "span 8 bytes.*needs 12", id="shape"),
-        pytest.param(_raw_file({"x": {**_GOOD["x"], "shape": [-2]}}, bytes(8)), "non-negative", id="neg-shape"),
+        pytest.param(_raw_file({"x": {**_GOOD["x"], "shape": [-2]}}, bytes(8)), "shape must be a list of at most 32 non-negative ints", id="neg-shape"),
         pytest.param(_raw_file({"x": {"dtype": "F32", "shape": [2]}}, bytes(8)), "exactly dtype, shape", id="no-offs"),
         pytest.param(_raw_file({"x": {**_GOOD["x"], "data_offsets": [8, 0]}}, bytes(8)), "invalid data_off", id="rev"),
         pytest.param(_raw_file({"x": _GOOD["x"], "y": {**_GOOD["y"], "data_offsets": [12, 16]}}, bytes(16)),
@@ -305,11 +305,11 @@ def test_saelens_load_errors(tmp_path, rng):
     with pytest.raises(sl.SAELensFormatError, match=r"'b_dec' has shape \(3,\), expected \(5,\)"):
         bad = {**tensors, "W_enc": np.zeros((5, 4), np.float32), "W_dec": np.zeros((4, 5), np.float32)}
         sl.from_saelens(_write_dir(tmp_path / "dims", bad, {**cfg, "d_in": 5}))
-    with pytest.raises(sl.SAELensFormatError, match="'d_sae' must be a positive int"):
+    with pytest.raises(sl.SAELensFormatError, match="field 'd_sae' = '4' is invalid: must be a positive int"):
         sl.from_saelens(_write_dir(tmp_path / "dsae", tensors, {**cfg, "d_sae": "4"}))
     with pytest.raises(sl.SAELensFormatError, match="missing required field 'd_in'"):
         sl.from_saelens(_write_dir(tmp_path / "nodin", tensors, {k: v for k, v in cfg.items() if k != "d_in"}))
-    with pytest.raises(sl.SAELensFormatError, match="architecture 'relu' is not one of"):
+    with pytest.raises(sl.SAELensFormatError, match="field 'architecture' = 'relu' is invalid: must be one of"):
         sl.from_saelens(_write_dir(tmp_path / "arch", tensors, {**cfg, "architecture": "relu"}))
     topk_tensors = {k: v for k, v in tensors.items() if k != "threshold"}
     with pytest.raises(sl.SAELensFormatError, match="topk cfg is missing 'k'"):

@@ -10,6 +10,8 @@ import pytest
 
 from superpos_jax.lm.corpus import (
     SEPARATOR,
+    CorpusError,
+    check_corpus,
     discover_files,
     eval_windows,
     load_corpus,
@@ -48,20 +50,22 @@ def _is_val(rel, fraction):
 
 def test_discover_files_sorted_and_filtered(tmp_path):
     _make_tree(tmp_path)
-    rels = [p.relative_to(tmp_path).as_posix() for p in discover_files(tmp_path)]
+    rels = [p.relative_to(tmp_path).as_posix() for p in discover_files(tmp_path, include=["*.py"])]
     assert rels == sorted(rels)
     assert "a.py" in rels and "pkg/sub/c.py" in rels
     assert "notes.txt" not in rels and "__pycache__/d.py" not in rels
-    every = [p.relative_to(tmp_path).as_posix() for p in discover_files(tmp_path, suffixes=None)]
-    assert "notes.txt" in every
+    every = [p.relative_to(tmp_path).as_posix() for p in discover_files(tmp_path)]
+    assert "notes.txt" in every and "a.py" in every and "__pycache__/d.py" not in every
+    nested = [p.relative_to(tmp_path).as_posix() for p in discover_files(tmp_path, include=["pkg/*.py", "*.txt"])]
+    assert nested == ["notes.txt", "pkg/b.py", "pkg/sub/c.py"]  # "/" patterns match the path, `*` crosses "/"
     with pytest.raises(FileNotFoundError, match="not a directory"):
         discover_files(tmp_path / "missing")
 
 
 def test_load_corpus_contents_split_and_skips(tmp_path):
     _make_tree(tmp_path)
-    corpus = load_corpus(tmp_path, val_fraction=0.3)
-    assert corpus.n_skipped == 2  # binary.py (NUL), latin1.py (not UTF-8)
+    corpus = load_corpus(tmp_path, include="*.py", val_fraction=0.3)
+    assert corpus.n_binary == 2 and corpus.n_skipped == 2  # binary.py (NUL), latin1.py (not UTF-8)
     kept = sorted(corpus.train_files + corpus.val_files)
     assert "binary.py" not in kept and "latin1.py" not in kept and len(kept) == 44
     for split, names in (("train", corpus.train_files), ("val", corpus.val_files)):
@@ -75,23 +79,70 @@ def test_load_corpus_contents_split_and_skips(tmp_path):
 
 def test_split_stable_when_files_are_added(tmp_path):
     _make_tree(tmp_path)
-    before = load_corpus(tmp_path, val_fraction=0.3)
+    before = load_corpus(tmp_path, include="*.py", val_fraction=0.3)
     (tmp_path / "new_module.py").write_text("added = True\n", encoding="utf-8")
-    after = load_corpus(tmp_path, val_fraction=0.3)
+    after = load_corpus(tmp_path, include="*.py", val_fraction=0.3)
     assert set(before.val_files) <= set(after.val_files)
     assert set(before.train_files) <= set(after.train_files)
     assert before.fingerprint != after.fingerprint
-    assert load_corpus(tmp_path, val_fraction=0.3).fingerprint == after.fingerprint
+    assert load_corpus(tmp_path, include="*.py", val_fraction=0.3).fingerprint == after.fingerprint
 
 
 def test_load_corpus_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_corpus(tmp_path / "nope")
-    (tmp_path / "data.bin").write_bytes(b"\x00\x01")
-    with pytest.raises(ValueError, match="no UTF-8 text files"):
+    with pytest.raises(CorpusError, match=r"no readable text files matching \['\*'\] .*\(0 file\(s\) matched"):
         load_corpus(tmp_path)
-    with pytest.raises(ValueError, match="val_fraction"):
+    (tmp_path / "data.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    for load in (load_corpus, check_corpus):
+        with pytest.raises(CorpusError, match=r"2 file\(s\) matched: 2 binary or not UTF-8"):
+            load(tmp_path)
+    with pytest.raises(CorpusError, match="val_fraction"):
         load_corpus(tmp_path, val_fraction=1.0)
+    with pytest.raises(CorpusError, match="glob patterns"):
+        load_corpus(tmp_path, include=[""])
+
+
+def _val_and_train_names(n: int, fraction: float) -> tuple[str, str]:
+    names = [f"doc{i:03d}.txt" for i in range(n)]
+    return next(x for x in names if _is_val(x, fraction)), next(x for x in names if not _is_val(x, fraction))
+
+
+def test_user_directory_reads_every_text_file_and_counts_binaries(tmp_path):
+    val_name, train_name = _val_and_train_names(200, 0.05)
+    (tmp_path / val_name).write_text("validation text\n", encoding="utf-8")
+    (tmp_path / train_name).write_text("training text\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("# markdown counts as text\n", encoding="utf-8")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)) * 64)
+    (tmp_path / "late_nul.txt").write_bytes(b"a" * 20_000 + b"\x00")  # the NUL is past the first 8 KiB
+    corpus = load_corpus(tmp_path)  # default for a user directory: every file
+    assert corpus.include == ("*",) and corpus.n_binary == 2 and corpus.n_over_budget == 0
+    assert sorted(corpus.train_files + corpus.val_files) == sorted([val_name, train_name, "notes.md"])
+    assert corpus.val_files == (val_name,)
+    check_corpus(tmp_path)
+    only_md = load_corpus(tmp_path, include=["*.md", val_name])
+    assert sorted(only_md.train_files + only_md.val_files) == sorted(["notes.md", val_name]) and only_md.n_binary == 0
+    with pytest.raises(CorpusError, match="the val split .* is empty"):
+        check_corpus(tmp_path, include="*.md")
+    with pytest.raises(CorpusError, match="the val split .* is empty"):
+        load_corpus(tmp_path, include="*.md")
+
+
+def test_check_corpus_agrees_with_load_corpus_under_a_budget(tmp_path):
+    val_name, train_name = _val_and_train_names(200, 0.05)
+    (tmp_path / val_name).write_text("v" * 500, encoding="utf-8")
+    (tmp_path / train_name).write_text("t" * 50, encoding="utf-8")
+    for max_bytes in (100, 2_000, 20_000):  # the val budget (5%) holds the 500-byte file only at 20 000
+        outcomes = []
+        for call in (load_corpus, check_corpus):
+            try:
+                call(tmp_path, max_bytes=max_bytes)
+                outcomes.append("ok")
+            except CorpusError as e:
+                outcomes.append(str(e))
+        assert outcomes[0] == outcomes[1], max_bytes
+        assert (outcomes[0] == "ok") == (max_bytes == 20_000)
 
 
 def test_stdlib_capped_load_is_deterministic():
