@@ -462,11 +462,12 @@ def _message(e: BaseException) -> str:
     return msg
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> int:
     """Run the command in `argv` (default: sys.argv[1:]); return its exit status.
 
-    SIGTERM is caught from the start (see the module docstring) and the previous handler is
-    restored on return."""
+    SIGTERM is caught from the start (see the module docstring); the previous handler is
+    restored on return unless `restore_signals` is False (the `superpos` process keeps it until
+    it exits, so a SIGTERM after the command finished cannot kill it mid-teardown)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _Termination()) if in_main_thread else None
     try:
@@ -481,9 +482,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"superpos: error: {_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if previous is not None:
+        if previous is not None and restore_signals:
             signal.signal(signal.SIGTERM, previous)
 
 
+def console() -> None:
+    """The `superpos` command's entry point: `main()`, then exit with its status."""
+    sys.exit(main(restore_signals=False))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
