@@ -85,8 +85,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> Steerable:
     if not (run_dir / "model").is_dir() or not (run_dir / "sae").is_dir():
         raise FileNotFoundError(f"{run_dir} has no model/ and sae/ (run `superpos run monosemanticity` first)")
     model = _read(run_dir / "model", load_transformer)
+    sae = _read(run_dir / "sae", load_sae)  # the bounded, type-checked reader sees the cfg first
     hook = _read(run_dir / "sae" / CFG_FILENAME, lambda p: _hook_name(p.parent))
-    sae = _read(run_dir / "sae", load_sae)
     names = hook_names(model.cfg)
     if hook not in names:
         raise SteeringError(f"cannot steer with {run_dir / 'sae' / CFG_FILENAME}: 'hook_name' = {hook!r} is not a "
