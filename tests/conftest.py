@@ -33,11 +33,11 @@ def crash_after_chunks(monkeypatch):
         sharded = trainer.on(sweep_mesh())
         real_run, calls = sharded.run, []
 
-        def crashing_run(state, hparams, n_steps):
+        def crashing_run(state, hparams, n_steps, streamed=None):
             if len(calls) == n:
                 raise KeyboardInterrupt("simulated crash")
             calls.append(n_steps)
-            return real_run(state, hparams, n_steps=n_steps)
+            return real_run(state, hparams, n_steps, streamed)
 
         monkeypatch.setattr(sharded, "run", crashing_run)
 

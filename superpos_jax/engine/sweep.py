@@ -18,6 +18,11 @@ that finds checkpoints continues from the newest one that reads back and matches
 checksums (others are quarantined, see `checkpoint`) and ends bit-identical to an
 uninterrupted run.
 SIGTERM (preemption) lets the current chunk finish, checkpoints, and raises `Preempted`.
+
+Streamed tasks (`Task.stream`, see `engine.stream`): each chunk runs as calls of at most
+`stream.steps_per_call` steps; the rows of the next call are read and transferred on a
+background thread while the current one computes. The stream's fingerprint joins the run's,
+and each checkpoint's meta records the stream position it resumes from.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from superpos_jax.engine import checkpoint
 from superpos_jax.engine.distributed import agree, instance_sharding, is_primary, to_global, to_host
 from superpos_jax.engine.execution import BlockPlan, Execution, plan_sweep
 from superpos_jax.engine.metrics_log import MetricsLog, observation_names, scalar_observations
+from superpos_jax.engine.stream import Prefetcher, call_lengths
 from superpos_jax.engine.task import Hparams
 from superpos_jax.engine.trainer import Trainer, TrainState
 
@@ -245,6 +251,9 @@ def run_sweep(
     _leading_size(hparams, n)
     describe = grid.coords if grid is not None else (lambda i: {"instance": i})
     fingerprint = {"n_instances": n, "n_steps": n_steps, "log_every": log_every, **(fingerprint or {})}
+    stream = trainer.task.stream
+    if stream is not None:
+        fingerprint["stream"] = stream.fingerprint()
 
     trainer = trainer.on(execution.resolved_mesh())
     sharding = instance_sharding(trainer.mesh)
@@ -284,6 +293,12 @@ def run_sweep(
         metrics.open(start_step)
     mngr = checkpoint.manager(checkpoint_dir) if checkpoint_dir is not None else None
     bar = Progress(n_steps, n, start_step) if progress else None
+    prefetch = None
+    if stream is not None:
+        replicated = jax.sharding.NamedSharding(trainer.mesh, jax.sharding.PartitionSpec())
+        prefetch = Prefetcher(stream, lambda rows: to_global(rows, replicated))
+        calls = _stream_calls(start_step, n_steps, chunk_steps, stream.steps_per_call, log_every)
+        following = dict(zip(calls, calls[1:]))
     t0 = time.perf_counter()
     step = start_step
     try:
@@ -291,9 +306,21 @@ def run_sweep(
             while step < n_steps:
                 todo = min(chunk_steps, n_steps - step)
                 traces = []
-                for b in range(plan.n_blocks):
-                    states[b], trace = trainer.run(states[b], hp_blocks[b], n_steps=todo)
-                    traces.append(to_host(trace))  # also keeps one block's working set in memory at a time
+                if prefetch is None:
+                    for b in range(plan.n_blocks):
+                        states[b], trace = trainer.run(states[b], hp_blocks[b], n_steps=todo)
+                        traces.append(to_host(trace))  # also keeps one block's working set in memory at a time
+                else:
+                    parts: list[list[Any]] = [[] for _ in range(plan.n_blocks)]
+                    at = step
+                    for m in call_lengths(todo, stream.steps_per_call, log_every):
+                        rows = prefetch.get(at, m, then=following.get((at, m)))
+                        for b in range(plan.n_blocks):
+                            states[b], trace = trainer.run(states[b], hp_blocks[b], m, rows)
+                            parts[b].append(to_host(trace))
+                        del rows
+                        at += m
+                    traces = [jax.tree.map(lambda *t: np.concatenate(t, axis=1), *p) for p in parts]
                 window = slice(step // log_every, (step + todo) // log_every)
                 if observations is None:
                     losses[:, window] = plan.join(traces)
@@ -312,12 +339,16 @@ def run_sweep(
                 if mngr is not None:
                     host_state = plan.join([to_host(s) for s in states])
                     meta = {"fingerprint": fingerprint, "step": step, "non_finite": {str(k): v for k, v in non_finite.items()}}
+                    if stream is not None:
+                        meta["stream_position"] = stream.position(step)
                     saved = (host_state, losses.copy(), jax.tree.map(np.copy, observations))
                     checkpoint.save(mngr, step, saved, meta)
                     if bool(agree(stop.requested, "any")) and step < n_steps:
                         mngr.wait_until_finished()
                         raise Preempted(step, Path(checkpoint_dir))  # type: ignore[arg-type]
     finally:
+        if prefetch is not None:
+            prefetch.close()
         if bar is not None:
             bar.close()
         if metrics is not None:
@@ -330,6 +361,17 @@ def run_sweep(
     done = step - start_step
     rate = done / seconds if seconds > 0 else 0.0
     return SweepResult(final, losses, seconds, rate, plan, non_finite, start_step, observations)
+
+
+def _stream_calls(start: int, n_steps: int, chunk_steps: int, per_call: int, log_every: int) -> list[tuple[int, int]]:
+    """Every (first step, length) call of a streamed run from `start`, in order."""
+    out, step = [], start
+    while step < n_steps:
+        todo = min(chunk_steps, n_steps - step)
+        for m in call_lengths(todo, per_call, log_every):
+            out.append((step, m))
+            step += m
+    return out
 
 
 def _unfilled(shape: tuple[int, ...], dtype: Any) -> np.ndarray:

@@ -15,6 +15,12 @@ store) has EVERY one of its callables — `init`, `sample`, `loss`, `transform`,
 tree each time: an argument of the compiled call, replicated over the mesh. A task must read
 its data through that argument and never close over it, or the arrays are baked into the
 compiled program as constants (slow to compile, and copied into every program).
+
+Fed tasks: data computed once per step for every instance. A task with `feed` (a function of
+the global step and `shared`, e.g. a frozen language model run on corpus windows) or with
+`stream` (host data read per call, `superpos_jax.engine.stream`) has its `feed(step, streamed)`
+evaluated once per step, outside the instance vmap, and its `sample` called with the extra
+keyword `data=` (that step's feed, or the step's streamed rows when there is no `feed`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class Task:
             `after_update`.
         after_update: `(state, batch, aux, hparams) -> state`, applied to the state after
             the optimizer update (its `step` already advanced); `aux` is None without `has_aux`.
+        feed: `(step, streamed) -> data`, evaluated once per step for all instances (`step` the
+            global int32 step, `streamed` that step's slice of the stream's rows or None); its
+            result reaches `sample` as `data=`. Must read its arrays through `shared`.
+        stream: a host `engine.stream.Stream` read per compiled call (disk data); without a
+            `feed`, `sample` gets each step's streamed rows as `data=`.
     """
 
     init: Callable[..., Params]
@@ -62,6 +73,13 @@ class Task:
     init_extra: Callable[..., PyTree] | None = None
     prepare: Callable[..., Hparams] | None = None
     after_update: Callable[..., Any] | None = None
+    feed: Callable[..., Any] | None = None
+    stream: Any = None
+
+    @property
+    def fed(self) -> bool:
+        """Whether `sample` receives per-step `data=` (the task has a `feed` or a `stream`)."""
+        return self.feed is not None or self.stream is not None
 
     def shared_kwargs(self, shared: PyTree | None) -> dict[str, Any]:
         """`{"shared": shared}` for a task with shared arrays, `{}` for one without: the

@@ -119,31 +119,41 @@ class Trainer:
             shard = {"in_shardings": (inst, inst, replicated), "out_shardings": inst}
         self.shared = None if task.shared is None else _place(task.shared, replicated)
         self._init_jit = jax.jit(jax.vmap(self._init_one, in_axes=(0, 0, None)), **shard)
+        if mesh is not None:  # the streamed rows are replicated, like `shared`
+            shard["in_shardings"] = (*shard["in_shardings"], replicated)
         # pjit takes no keyword arguments once in_shardings is given: n_steps is positional.
-        self._run_jit = jax.jit(self._run, static_argnums=3, donate_argnums=0, **shard)
+        self._run_jit = jax.jit(self._run, static_argnums=4, donate_argnums=0, **shard)
 
     def init(self, hparams: Hparams, keys: Key[Array, " instance"]) -> TrainState:
         """The initial state of every instance (batched over the leading axis of `keys`)."""
         return self._init_jit(hparams, keys, self.shared)
 
-    def run(self, state: TrainState, hparams: Hparams, n_steps: int) -> tuple[TrainState, Any]:
+    def run(self, state: TrainState, hparams: Hparams, n_steps: int, streamed: PyTree = None) -> tuple[TrainState, Any]:
         """Advance every instance by `n_steps` in one compiled call (donates `state`).
+
+        `streamed`: for a task with a `stream`, the rows of these steps (`stream.read(step,
+        n_steps)`, leaves shaped (n_steps, ...)), an argument of the call.
 
         Returns `(state, loss_trace)`, `loss_trace` shaped `(instance, n_steps // log_every)`,
         each entry the mean loss over a window of `log_every` steps; with `observe`,
         `(state, (loss_trace, observations))`.
         """
-        return self._run_jit(state, hparams, self.shared, n_steps)
+        return self._run_jit(state, hparams, self.shared, streamed, n_steps)
 
     def lower_init(self, hparams: PyTree, keys: Key[Array, " instance"] | jax.ShapeDtypeStruct) -> jax.stages.Lowered:
         """The program of `init` lowered for these inputs (arrays or `jax.ShapeDtypeStruct`s),
         e.g. to compile it ahead of time or to read its HLO (`.as_text()`)."""
         return self._init_jit.lower(hparams, keys, self.shared)
 
-    def lower_run(self, state: TrainState, hparams: PyTree, n_steps: int) -> jax.stages.Lowered:
+    def lower_run(self, state: TrainState, hparams: PyTree, n_steps: int, streamed: PyTree = None) -> jax.stages.Lowered:
         """The program of `run(state, hparams, n_steps)` lowered for these inputs (arrays or
-        `jax.ShapeDtypeStruct`s); `.compile().memory_analysis()` gives its working set."""
-        return self._run_jit.lower(state, hparams, self.shared, n_steps)
+        `jax.ShapeDtypeStruct`s; for a streamed task, `streamed` defaults to the stream's
+        `spec(n_steps)`); `.compile().memory_analysis()` gives its working set."""
+        if streamed is None and self.task.stream is not None:
+            from superpos_jax.engine.stream import stream_spec
+
+            streamed = stream_spec(self.task.stream, n_steps)
+        return self._run_jit.lower(state, hparams, self.shared, streamed, n_steps)
 
     def on(self, mesh: Mesh | None) -> Trainer:
         """This trainer compiled for `mesh` (itself if it already is; cached per mesh)."""
@@ -176,21 +186,30 @@ class Trainer:
         extra = () if self.task.init_extra is None else self.task.init_extra(params, hparams, **kw)
         return TrainState(params, opt_state, jnp.int32(0), jax.random.key_data(data_key), extra)
 
-    def batch(self, state: TrainState, hparams: Hparams, shared: PyTree | None = None) -> Any:
+    def batch(self, state: TrainState, hparams: Hparams, shared: PyTree | None = None, data: Any = None) -> Any:
         """The batch one instance trains on at `state.step` (un-jitted, single instance;
-        `hparams` as returned by the task's `prepare`, `shared` defaults to `self.shared`)."""
+        `hparams` as returned by the task's `prepare`, `shared` defaults to `self.shared`;
+        `data`: for a fed task, this step's `feed`)."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        return self.task.sample(hparams, key=key, **self._shared(shared))
+        fed = {"data": data} if self.task.fed else {}
+        return self.task.sample(hparams, key=key, **fed, **self._shared(shared))
+
+    def feed(self, step: Int[Array, ""], streamed: PyTree, shared: PyTree | None = None) -> Any:
+        """A fed task's data of global `step` for every instance (`streamed`: that step's
+        streamed rows or None; un-jitted)."""
+        if self.task.feed is None:
+            return streamed
+        return self.task.feed(step, streamed, **self._shared(shared))
 
     def step_one(
-        self, state: TrainState, hparams: Hparams, shared: PyTree | None = None
+        self, state: TrainState, hparams: Hparams, shared: PyTree | None = None, data: Any = None
     ) -> tuple[TrainState, Float[Array, ""]]:
         """One optimisation step of one instance (un-jitted; `run` scans and vmaps it;
-        `shared` defaults to `self.shared`)."""
+        `shared` defaults to `self.shared`; `data`: a fed task's `feed` of this step)."""
         task = self.task
         kw = self._shared(shared)
         hp = hparams if task.prepare is None else task.prepare(hparams, state, **kw)
-        batch = self.batch(state, hp, shared)
+        batch = self.batch(state, hp, shared, data)
         loss_fn = functools.partial(task.loss, **kw)
         if task.has_aux:
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, hp)
@@ -216,9 +235,33 @@ class Trainer:
 
         return jax.lax.scan(window, state, None, length=n_steps // self.log_every)
 
-    def _run(self, state: TrainState, hparams: Hparams, shared: PyTree | None, n_steps: int):
+    def _run_fed(self, state: TrainState, hparams: Hparams, shared: PyTree | None, streamed: PyTree, n_steps: int):
+        """Steps outside, instances inside: the feed is computed once per step for all of them."""
+        n_windows = n_steps // self.log_every
+        xs = None if streamed is None else jax.tree.map(
+            lambda a: a.reshape(n_windows, self.log_every, *a.shape[1:]), streamed)
+        each = jax.vmap(lambda s, h, d: self.step_one(s, h, shared, d), in_axes=(0, 0, None))
+
+        def step(s: TrainState, x: Any):
+            return each(s, hparams, self.feed(s.step[0], x, shared))
+
+        def window(s: TrainState, xw: Any):
+            s, losses = jax.lax.scan(step, s, xw, length=self.log_every)
+            mean = jnp.mean(losses, axis=0)
+            if self.observe is None:
+                return s, mean
+            return s, (mean, jax.vmap(self.observe)(s.params, hparams))
+
+        state, out = jax.lax.scan(window, state, xs, length=n_windows)
+        return state, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), out)  # (instance, window, ...)
+
+    def _run(self, state: TrainState, hparams: Hparams, shared: PyTree | None, streamed: PyTree, n_steps: int):
         if n_steps % self.log_every:
             raise ValueError(f"n_steps={n_steps} is not a multiple of log_every={self.log_every}")
+        if self.task.stream is not None and streamed is None:
+            raise ValueError("this task streams its data: pass `streamed=task.stream.read(step, n_steps)`")
+        if self.task.fed:
+            return self._run_fed(state, hparams, shared, streamed, n_steps)
         return jax.vmap(self._run_one, in_axes=(0, 0, None, None))(state, hparams, shared, n_steps)
 
 

@@ -21,6 +21,11 @@ data above), `ToyHiddenSource` (the hidden layer h = W x of a trained toy model 
 sparse features) and `ArrayRows` (rows of a device-resident array of stored activations,
 i.i.d. uniform; load a memory-mapped `.npy` with `ArrayRows.load`).
 
+*Fed sources* (`FedSource`) give data computed once per step for every instance of a sweep:
+activations streamed from disk (a host `engine.stream.Stream` read per compiled call) or a
+frozen language model run on corpus windows inside the scan. `sae_task` wires them into the
+engine's `Task.feed` / `Task.stream`.
+
 Correlation model (`correlation` = ρ ∈ [0, 1]): per example one shared latent uniform v.
 Each feature i independently "follows the latent" with probability ρ, in which case its
 firing uniform is v, and otherwise draws its own uniform; it fires iff that uniform is
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -230,6 +236,38 @@ class ArrayRows(eqx.Module):
     def sample(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, "batch d_in"]:
         """A (batch, d_in) batch of rows drawn uniformly with replacement."""
         return self.x[jax.random.randint(key, (batch_size,), 0, self.x.shape[0])]
+
+
+class FedSource:
+    """Base of activation sources whose data arrive once per step for all instances.
+
+    A subclass sets `d_in`, `shared` (a pytree of arrays every compiled call receives as an
+    argument) and `stream` (a host `engine.stream.Stream`, or None), and overrides the pure
+    functions below where the defaults do not fit. They read arrays only through their `shared`
+    argument (never through `self`), or the arrays become constants of the program.
+
+    * `feed(step, streamed, shared) -> data`: once per step, outside the instance vmap
+      (default: the step's streamed rows).
+    * `take(data, key, batch_size, hparams, shared) -> (batch, d_in)`: one instance's batch from
+      the step's data (default: `data` itself, every instance the same rows).
+    * `stats(key, n, hparams, shared) -> (n, d_in)`: rows for data statistics at init (input
+      scale, geometric median); the same for every instance that shares the hparams.
+    """
+
+    d_in: int
+    shared: Any = None
+    stream: Any = None
+
+    def feed(self, step: Array, streamed: Any, shared: Any) -> Any:
+        return streamed
+
+    def take(self, data: Any, key: PRNGKeyArray, batch_size: int, hparams: Any, shared: Any) -> Float[Array, "batch d_in"]:
+        if data.shape[0] != batch_size:
+            raise ValueError(f"the source gives batches of {data.shape[0]} rows, the SAE trains on {batch_size}")
+        return data
+
+    def stats(self, key: PRNGKeyArray, n: int, hparams: Any, shared: Any) -> Float[Array, "n d_in"]:
+        raise NotImplementedError
 
 
 class ArraySource:

@@ -53,6 +53,7 @@ from superpos_jax.sae.architectures import Architecture, get, names, unit_norm_d
 from superpos_jax.sae.architectures.base import reset_latents
 from superpos_jax.sae.metrics import evaluate
 from superpos_jax.sae.model import SAE
+from superpos_jax.sae.sources import FedSource
 
 _STATS_KEY = 20240401  # fixed: data statistics are the same for every instance
 _RESAMPLE_SALT = 7
@@ -187,30 +188,43 @@ def input_scale(training: SAETraining, source: Any) -> Float[Array, ""]:
     Call it with the source the program receives as an argument (the task's `shared`)."""
     if not training.april_2024:
         return jnp.float32(1.0)
-    x = source.sample(jax.random.key(_STATS_KEY), training.stats_samples)
+    return _scale_of(training, source.sample(jax.random.key(_STATS_KEY), training.stats_samples))
+
+
+def _scale_of(training: SAETraining, x: Array) -> Float[Array, ""]:
     return jnp.sqrt(training.d_in / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x), axis=-1)), 1e-12))
 
 
 def sae_task(training: SAETraining, source: Any) -> Task:
     """The `Task` that trains SAEs of `training` on activations from `source` (an activation
-    source of `superpos_jax.sae.sources` with `d_in == training.d_in`). The source is the
-    task's `shared`: every function below reads it from its `shared` argument."""
+    source of `superpos_jax.sae.sources` with `d_in == training.d_in`, or a `FedSource`). The
+    source's arrays are the task's `shared`: every function below reads them from its `shared`
+    argument. A `FedSource`'s `feed` runs once per step for all instances (`Task.feed`) and its
+    host `stream`, if any, is read per compiled call (`Task.stream`)."""
     if int(source.d_in) != training.d_in:
         raise ValueError(f"the source gives d_in={source.d_in} but the SAE expects d_in={training.d_in}")
     arch = training.arch
+    fed = isinstance(source, FedSource)
+
+    def stats_rows(hparams: dict, shared: Any) -> Array:
+        key = jax.random.key(_STATS_KEY)
+        if fed:
+            return source.stats(key, training.stats_samples, hparams, shared)
+        return shared.sample(key, training.stats_samples)
 
     def init(hparams: dict, *, key: PRNGKeyArray, shared: Any) -> Any:
         b_dec = None
         if not training.april_2024:
-            b_dec = geometric_median(shared.sample(jax.random.key(_STATS_KEY), training.stats_samples))
+            b_dec = geometric_median(stats_rows(hparams, shared))
         return arch.init(training.d_in, training.d_sae, key=key, recipe=training.recipe, b_dec=b_dec,
                          threshold=training.jumprelu_threshold)
 
     def init_extra(params: Any, hparams: dict, *, shared: Any) -> dict[str, Any]:
+        scale = _scale_of(training, stats_rows(hparams, shared)) if training.april_2024 else jnp.float32(1.0)
         return {
             "since_fired": jnp.zeros(training.d_sae, jnp.int32),
             "resampled": jnp.int32(0),
-            "input_scale": input_scale(training, shared),
+            "input_scale": scale,
             "arch": arch.init_state(params),
         }
 
@@ -226,7 +240,9 @@ def sae_task(training: SAETraining, source: Any) -> Task:
             hp["dead"] = state.extra["since_fired"] >= training.dead_steps
         return hp
 
-    def sample(hparams: dict, *, key: PRNGKeyArray, shared: Any) -> Array:
+    def sample(hparams: dict, *, key: PRNGKeyArray, shared: Any, data: Any = None) -> Array:
+        if fed:
+            return source.take(data, key, training.batch_size, hparams, shared) * hparams["input_scale"]
         return shared.sample(key, training.batch_size) * hparams["input_scale"]
 
     def loss(params: Any, x: Array, hparams: dict, *, shared: Any) -> tuple[Array, dict[str, Array]]:
@@ -252,10 +268,17 @@ def sae_task(training: SAETraining, source: Any) -> Task:
     def transform(hparams: dict, *, shared: Any) -> Any:
         return unit_norm_decoder()
 
+    def feed(step: Array, streamed: Any, *, shared: Any) -> Any:
+        return source.feed(step, streamed, shared)
+
+    shared_arrays = source.shared if fed else source
+    if shared_arrays is None:
+        raise ValueError("a FedSource needs `shared` arrays (at least the rows its `stats` reads)")
     return Task(
-        init=init, sample=sample, loss=loss, has_aux=True, shared=source,
+        init=init, sample=sample, loss=loss, has_aux=True, shared=shared_arrays,
         transform=transform if training.unit_norm else None,
         init_extra=init_extra, prepare=prepare, after_update=after_update,
+        feed=feed if fed else None, stream=source.stream if fed else None,
     )
 
 
