@@ -1,7 +1,8 @@
 """Sparse-autoencoder architectures, registered by name (`get`, `names`, `register`).
 
 Each architecture is one file with one `Architecture` object (see `base` for the interface and
-the shared pieces: pre-activations, decoding, exact top-k, AuxK, the unit-norm decoder):
+the shared pieces: pre-activations, decoding, the unit-norm decoder; `ksparse` holds exact
+top-k, AuxK and the k-sparse base):
 
 =========  ==========================================  ========================================
 name       f                                           loss (+ hp keys)
@@ -23,15 +24,13 @@ line below.
 from superpos_jax.sae.architectures.base import (
     RECIPES,
     Architecture,
-    KSparseArchitecture,
     L1Architecture,
     SAEParams,
-    auxk_loss,
     pre_activations,
     project_decoder,
-    rank_mask,
     unit_norm_decoder,
 )
+from superpos_jax.sae.architectures.ksparse import KSparseArchitecture, auxk_loss, rank_mask
 from superpos_jax.sae.architectures.batchtopk import BatchTopK
 from superpos_jax.sae.architectures.gated import Gated, GatedParams
 from superpos_jax.sae.architectures.jumprelu import JumpReLU, JumpReLUParams

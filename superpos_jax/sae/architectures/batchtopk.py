@@ -14,13 +14,8 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Scalar
 
-from superpos_jax.sae.architectures.base import (
-    TINY_THRESHOLD,
-    Architecture,
-    KSparseArchitecture,
-    pre_activations,
-    rank_mask,
-)
+from superpos_jax.sae.architectures.base import TINY_THRESHOLD, Architecture, pre_activations
+from superpos_jax.sae.architectures.ksparse import KSparseArchitecture, rank_mask
 from superpos_jax.sae.architectures.jumprelu import JumpReLU, JumpReLUParams
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from superpos_jax.sae.architectures.base import KSparseArchitecture, rank_mask
+from superpos_jax.sae.architectures.ksparse import KSparseArchitecture, rank_mask
 
 
 class TopK(KSparseArchitecture):
