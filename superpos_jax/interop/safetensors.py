@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from superpos_jax.interop import bounded_json
 
-__all__ = ["DTYPES", "SafetensorsError", "load_file", "read_metadata", "save_file"]
+__all__ = ["DTYPES", "SafetensorsError", "load_file", "read_metadata", "save_file", "tensor_layout"]
 
 DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -270,6 +270,15 @@ def _copy_out(mapped: mmap.mmap, start: int, entry: _Entry, where: str) -> np.nd
         return view.view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=True)
     finally:
         del view
+
+
+def tensor_layout(f: BinaryIO, size: int, source: str) -> dict[str, tuple[np.dtype, tuple[int, ...], int, int]]:
+    """Where each tensor of the open safetensors file `f` (of `size` bytes) lies, from its
+    validated header: name → (dtype, shape, first byte, end byte), offsets from the start of
+    the file. Reads only the header; for readers that fetch rows themselves (disk streams)."""
+    header, start = _read_header(f, size, source)
+    entries = _parse_entries(header, size - start, source)
+    return {name: (dtype, shape, start + begin, start + end) for name, (dtype, shape, begin, end) in entries.items()}
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str] | None:
