@@ -32,19 +32,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common
+from . import common, lm_common
 from superpos_jax import plots
 from superpos_jax.lm import browser
 from superpos_jax.lm import steering
 from superpos_jax.config import PositiveFloat, PositiveInt, each, fail, library_errors, non_empty, one_of, positive
-from superpos_jax.lm.corpus import (Corpus, check_corpus, eval_windows, load_corpus, sample_windows,
-                                    unigram_cross_entropy)
+from superpos_jax.lm.corpus import check_corpus, eval_windows, sample_windows, unigram_cross_entropy
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
 from superpos_jax.rundir import RunDir
 from superpos_jax.lm import activations
 from superpos_jax.lm.interventions import ZeroAblate
-from superpos_jax.lm.task import CorpusWindows, lm_task
 from superpos_jax.sae import architectures as sae_lib
 from superpos_jax.lm.transformer import TransformerConfig, forward
 from superpos_jax.plots import sae as sae_plots
@@ -55,7 +53,6 @@ from superpos_jax.sae.model import SAE
 from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.lm.tokenizers import ByteTokenizer
-from superpos_jax.engine.optim import OptimConfig
 from superpos_jax.engine.trainer import make_trainer
 from superpos_jax.lm.io import save_transformer
 
@@ -136,25 +133,14 @@ def sae_training(cfg: Config) -> SAETraining:
                        resample_every=0, l1_warmup_steps=cfg.sae_steps // 20)
 
 
-def load_config_corpus(cfg: Config) -> Corpus:
-    """The corpus `cfg` names (`corpus_dir`, `corpus_glob`, `max_bytes`)."""
-    return load_corpus(cfg.corpus_dir, include=cfg.corpus_glob, max_bytes=cfg.max_bytes)
+load_config_corpus = lm_common.load_config_corpus
 
 
 def _take(tree: Any, i: int) -> Any:
     return jax.tree.map(lambda a: jnp.asarray(a[i]), tree)
 
 
-def build(cfg: Config, corpus: Corpus | None = None):
-    """The language-model stage: grid (seeds), per-instance hparams, keys and trainer."""
-    corpus = load_config_corpus(cfg) if corpus is None else corpus
-    grid = Grid({"seed": range(cfg.n_seeds)})
-    optim = OptimConfig(name="adamw", learning_rate=cfg.lm_learning_rate, weight_decay=0.01, schedule="cosine",
-                        warmup_steps=min(100, cfg.n_steps // 10), total_steps=cfg.n_steps, final_fraction=0.1)
-    trainer = make_trainer(lm_task(cfg.model, CorpusWindows(corpus.train, cfg.model.n_ctx), cfg.lm_batch), optim,
-                           log_every=cfg.log_every)
-    hparams = {"learning_rate": np.full(grid.size, cfg.lm_learning_rate, np.float32)}
-    return grid, hparams, common.seed_keys(cfg.seed, grid), trainer
+build = lm_common.build
 
 
 def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:

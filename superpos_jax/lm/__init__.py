@@ -1,5 +1,6 @@
 """Language models with hooks: the transformer, its Task, corpus and tokenizers, interventions,
-steering, activations (harvest, loss under hooks, CE loss recovered), induction heads, concept
+steering, activations (harvest, loss under hooks, CE loss recovered; computed inside an SAE's
+training loop by `feed.LMActivations`), induction heads, concept
 erasure and the feature browser."""
 
 from superpos_jax._lazy import attach
@@ -8,6 +9,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "transformer": ["TransformerConfig", "TransformerParams", "forward", "init_transformer"],
     "task": ["CorpusWindows", "RepeatedTokens", "lm_task"],
     "activations": ["ce_loss_recovered", "harvest", "loss_under_hooks"],
+    "feed": ["LMActivations", "transformer_cache"],
     "interventions": ["AddDirection", "ClampFeature", "Compose", "MeanAblate", "Replace", "SpliceSAE", "ZeroAblate"],
     "erasure": ["LeaceEraser", "fit_leace"],
     "corpus": ["Corpus", "load_corpus"],

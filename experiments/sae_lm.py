@@ -1,0 +1,259 @@
+"""SAEs on every layer of a tiny language model, its activations computed inside the training loop.
+
+Pipeline (each training stage one compiled, checkpointed, resumable sweep):
+1. the language model, trained as in `monosemanticity` (byte tokens on the local corpus,
+   default the Python standard library's source; seeds vmapped, the lowest validation loss
+   kept), here with several layers;
+2. for each dictionary size d_sae = expansion × width (a static shape: one sweep per size),
+   SAEs on the hook point `hook` of EVERY layer at once: instances = layer × k (or λ) × seed,
+   fed by `lm.feed.LMActivations` — the frozen model runs on fresh corpus windows once per
+   step inside the compiled scan, every instance draws its batch from its own layer's rows;
+   no activation is harvested, stored or copied to the host during training;
+3. per layer and size, on validation windows: L0, FVU, dead fraction (latents that never fire
+   on them) and the CE loss recovered with the SAE's reconstruction spliced in at the hook,
+   against zero ablation, (CE_zero − CE_spliced) / (CE_zero − CE_clean), and against mean
+   ablation (the hook's mean activation over the validation rows). The first `skip_positions`
+   positions of every window are neither trained on nor spliced/ablated (module docstring of
+   `lm.feed`).
+
+Figures: the LM's loss, every SAE's loss, and FVU / CE recovered against layer per size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import common, lm_common
+from superpos_jax import plots
+from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, each, fail, library_errors, non_empty,
+                                 one_of, positive)
+from superpos_jax.engine.distributed import is_primary
+from superpos_jax.engine.execution import Execution
+from superpos_jax.engine.sweep import Grid
+from superpos_jax.engine.trainer import make_trainer
+from superpos_jax.lm import activations
+from superpos_jax.lm.corpus import check_corpus, eval_windows, unigram_cross_entropy
+from superpos_jax.lm.feed import LMActivations
+from superpos_jax.lm.interventions import MeanAblate, SpliceSAE, position_mask
+from superpos_jax.lm.transformer import TransformerConfig
+from superpos_jax.plots.base import new_figure, save
+from superpos_jax.rundir import RunDir
+from superpos_jax.sae import architectures as sae_lib
+from superpos_jax.sae.model import SAE
+from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
+
+NAME = "sae-lm"
+DESCRIPTION = "SAEs of several sizes on every layer of a tiny LM at once, activations computed in the training loop"
+HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp.pre", "mlp.post")
+_MLP_HOOKS = ("resid_mid", "mlp_out", "mlp.pre", "mlp.post")
+
+
+@dataclass(frozen=True)
+class Config(common.RunConfig):
+    """`n_steps` and `chunk_steps` are the language model's; each SAE sweep trains `sae_steps`
+    in chunks of `chunk_steps`. `model` is the language model (byte tokens: d_vocab 256)."""
+
+    STEP_FIELDS = (*common.RunConfig.STEP_FIELDS, "sae_steps")
+
+    corpus_dir: str | None = None
+    """A directory of text files to train on instead of the standard library's source."""
+    corpus_glob: Annotated[tuple[str, ...] | None, non_empty] = None
+    """Glob patterns of the corpus files (default: `*.py` for the stdlib, every file of `corpus_dir`)."""
+    max_bytes: PositiveInt = 4_000_000
+    model: TransformerConfig = TransformerConfig(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=64, d_vocab=256, act="relu")
+    n_seeds: PositiveInt = 1
+    """Seeds of the language model (the lowest validation loss is kept)."""
+    n_steps: PositiveInt = 2_000
+    lm_batch: PositiveInt = 32
+    lm_learning_rate: PositiveFloat = 3e-3
+    hook: Annotated[str, one_of(*HOOKS)] = "resid_post"
+    """The hook point of every block the SAEs read (`blocks.{layer}.{hook}`)."""
+    skip_positions: NonNegativeInt = 1
+    """Leading positions of every window left out of training and evaluation."""
+    sae_kind: Annotated[str, one_of(*sae_lib.names())] = "topk"
+    sae_expansions: Annotated[tuple[int, ...], non_empty, each(positive)] = (4, 8)
+    """Dictionary sizes as multiples of the hook's width (one sweep each)."""
+    sae_coefficients: Annotated[tuple[float, ...], non_empty, each(positive)] = (16.0, 32.0)
+    """k (TopK family) or λ of each SAE."""
+    sae_seeds: PositiveInt = 1
+    sae_steps: PositiveInt = 2_000
+    sae_batch: PositiveInt = 512
+    sae_learning_rate: PositiveFloat = 1e-3
+    mix: PositiveInt = 4
+    """The per-step pool of activations holds at least mix × sae_batch rows (lm.feed)."""
+    stats_samples: PositiveInt = 4096
+    """Activations for the geometric median / input scale at SAE init."""
+    eval_windows: PositiveInt = 256
+    chunk_steps: PositiveInt = 1_000
+    log_every: PositiveInt = 50
+
+    def check(self) -> None:
+        """Byte tokens; an MLP when the hook needs one; integer k within the smallest dictionary
+        for a TopK SAE; skip_positions below the context; a readable corpus; the SAEs'
+        `SAETraining` accepts the values."""
+        super().check()
+        if self.model.d_vocab != 256:
+            fail("model.d_vocab", self.model.d_vocab, "256 (the corpus is byte tokens)")
+        if self.model.attn_only and self.hook in _MLP_HOOKS:
+            fail("hook", self.hook, f"one of {[h for h in HOOKS if h not in _MLP_HOOKS]} for an attention-only model")
+        smallest = width(self) * min(self.sae_expansions)
+        if sae_lib.get(self.sae_kind).swept == "k" and any(c != int(c) or c > smallest for c in self.sae_coefficients):
+            fail("sae_coefficients", self.sae_coefficients, f"integers k <= the smallest dictionary ({smallest})")
+        if self.skip_positions >= self.model.n_ctx - 1:
+            fail("skip_positions", self.skip_positions, f"less than model.n_ctx - 1 = {self.model.n_ctx - 1}")
+        if self.corpus_dir is not None and not Path(self.corpus_dir).is_dir():
+            fail("corpus_dir", self.corpus_dir, "an existing directory of text files")
+        with library_errors("corpus_dir" if self.corpus_dir is not None else "corpus_glob"):
+            check_corpus(self.corpus_dir, include=self.corpus_glob, max_bytes=self.max_bytes)
+        with library_errors("sae_kind"):
+            for e in self.sae_expansions:
+                sae_training(self, e)
+
+
+QUICK = {
+    "max_bytes": 300_000, "model.d_model": 32, "model.n_heads": 2, "model.d_head": 16, "model.d_mlp": 128,
+    "model.n_ctx": 32, "n_steps": 200, "sae_steps": 200, "sae_batch": 256, "sae_coefficients": (8.0,),
+    "stats_samples": 1024, "eval_windows": 32, "chunk_steps": 200,
+}
+
+
+def width(cfg: Config) -> int:
+    """The width of the hook point (d_mlp for mlp.pre/post, else d_model)."""
+    return cfg.model.d_mlp if cfg.hook in ("mlp.pre", "mlp.post") else cfg.model.d_model
+
+
+def sae_training(cfg: Config, expansion: int) -> SAETraining:
+    """The SAEs of one size (the recipe of `monosemanticity`: 2024 where the kind has it)."""
+    d = width(cfg)
+    return SAETraining(cfg.sae_kind, d, d * expansion, batch_size=cfg.sae_batch, dead_steps=max(cfg.sae_steps // 4, 1),
+                       recipe="2024" if "2024" in sae_lib.get(cfg.sae_kind).recipes else "2023",
+                       l1_warmup_steps=cfg.sae_steps // 20, stats_samples=cfg.stats_samples)
+
+
+def hook_names(cfg: Config) -> tuple[str, ...]:
+    """`blocks.{layer}.{hook}` of every layer."""
+    return tuple(f"blocks.{i}.{cfg.hook}" for i in range(cfg.model.n_layers))
+
+
+load_config_corpus = lm_common.load_config_corpus
+
+
+build = lm_common.build
+
+
+def _take(tree: Any, index: Any) -> Any:
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[index]), tree)
+
+
+def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
+    corpus = load_config_corpus(cfg)
+    fingerprint = {"corpus": corpus.fingerprint}
+
+    # 1. the language model
+    lm_grid, lm_hp, keys, trainer = build(cfg, corpus)
+    lm = common.train(NAME, cfg, lm_grid, lm_hp, keys, trainer, out_dir, progress=progress, execution=execution,
+                      tag="lm", fingerprint=fingerprint)
+    n_ctx, skip = cfg.model.n_ctx, cfg.skip_positions
+    val = eval_windows(corpus.val, min(cfg.eval_windows, corpus.val.size // n_ctx), n_ctx)
+    val_losses = [activations.loss_under_hooks(_take(lm.state.params, i), val) for i in range(cfg.n_seeds)]
+    best_seed = int(np.nanargmin(val_losses))
+    model = _take(lm.state.params, best_seed)
+    clean = val_losses[best_seed]
+
+    # 2. SAEs on every layer, one sweep per size, activations computed in the loop
+    hooks = hook_names(cfg)
+    mask = position_mask(n_ctx, range(skip, n_ctx))
+    layer_records, sweeps, records = [], [], []
+    val_source = LMActivations(model, corpus.train, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix)
+    val_acts = jax.jit(val_source.activations)(val_source.shared, val)  # (layer, rows, d), on the device
+    for layer, hook in enumerate(hooks):
+        mean = jnp.mean(val_acts[layer], axis=0)
+        layer_records.append({
+            "layer": layer, "hook": hook,
+            # zero ablation as the mean ablation of 0: one program per hook for both
+            "zero_ablated": activations.loss_under_hooks(model, val, {hook: MeanAblate(jnp.zeros_like(mean), mask)}),
+            "mean_ablated": activations.loss_under_hooks(model, val, {hook: MeanAblate(mean, mask)}),
+        })
+    for expansion in cfg.sae_expansions:
+        training = sae_training(cfg, expansion)
+        coef = training.arch.swept
+        grid = Grid({"layer": range(len(hooks)), coef: cfg.sae_coefficients, "seed": range(cfg.sae_seeds)})
+        source = LMActivations(model, corpus.train, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix,
+                               seed=cfg.seed + 3)
+        hp = sae_hparams(training, **{coef: grid.column(coef).astype(np.float32)},
+                         hook=source.hook_hparam(grid.column("layer").tolist()))
+        sae_trainer = make_trainer(sae_task(training, source),
+                                   recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate), log_every=cfg.log_every)
+        saes = common.train(NAME, cfg, grid, hp, common.seed_keys(cfg.seed + 2, grid), sae_trainer, out_dir,
+                            progress=progress, execution=execution, tag=f"sae_x{expansion}", n_steps=cfg.sae_steps,
+                            fingerprint=fingerprint)
+        sweeps.append((expansion, grid, saes))
+        layers = grid.column("layer")
+        for layer, hook in enumerate(hooks):
+            idx = np.flatnonzero(layers == layer)
+            ev = batched_evaluate(training, _take(saes.state, idx), val_acts[layer], _take(hp, idx))
+            base = layer_records[layer]
+            for j, i in enumerate(idx):
+                sae = SAE.from_sweep(training, saes.state, hp, int(i)).inference()
+                spliced = activations.loss_under_hooks(model, val, {hook: SpliceSAE(sae, mask)})
+                records.append({
+                    "coords": {"d_sae": training.d_sae, **grid.coords(int(i))}, "expansion": expansion, "hook": hook,
+                    "l0": float(ev["l0"][j]), "fvu": float(ev["fvu"][j]),
+                    "dead_fraction": float(np.mean(np.asarray(ev["fired"][j]) == 0)), "ce_with_sae": spliced,
+                    "ce_loss_recovered": _recovered(base["zero_ablated"], spliced, clean),
+                    "ce_loss_recovered_vs_mean": _recovered(base["mean_ablated"], spliced, clean),
+                    "final_train_loss": float(np.nanmean(saes.losses[i, -5:])),
+                })
+
+    if is_primary():
+        _figures(cfg, out_dir.figures, lm, sweeps, records)
+    return {
+        "corpus": {"root": str(corpus.root), "files": corpus.n_files, "train_bytes": int(corpus.train.size),
+                   "val_bytes": int(corpus.val.size), "fingerprint": corpus.fingerprint},
+        "lm": {"val_loss_per_seed": val_losses, "best_seed": best_seed, "val_loss": clean,
+               "unigram_baseline": unigram_cross_entropy(corpus.train, corpus.val, 256), "train_seconds": lm.seconds},
+        "layers": layer_records,
+        "sae": {
+            "kind": cfg.sae_kind, "hook": cfg.hook, "skip_positions": skip, "instances": records,
+            "feed": {"n_contexts": val_source.n_contexts, "positions": val_source.positions, "pool": val_source.pool},
+            "sweeps": [{"expansion": e, "d_sae": e * width(cfg), "n_instances": g.size, "train_seconds": s.seconds,
+                        "activations_per_second": g.size * cfg.sae_batch * s.steps_per_second}
+                       for e, g, s in sweeps],
+        },
+    }
+
+
+def _recovered(ablated: float, spliced: float, clean: float) -> float:
+    return float((ablated - spliced) / max(ablated - clean, 1e-9))
+
+
+def _figures(cfg: Config, figures: Path, lm: Any, sweeps: list, records: list[dict[str, Any]]) -> None:
+    save(plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], log_every=cfg.log_every),
+         figures / "lm_loss.png")
+    losses = np.concatenate([s.losses for _, _, s in sweeps])
+    labels = [str({"x": e, **g.coords(i)}) for e, g, _ in sweeps for i in range(g.size)]
+    save(plots.loss_curves(losses, labels, log_every=cfg.log_every), figures / "sae_loss.png")
+    fig = new_figure((10.0, 3.8))
+    axes = fig.subplots(1, 2)
+    coef = sae_lib.get(cfg.sae_kind).swept
+    layers = np.arange(cfg.model.n_layers)
+    for expansion in cfg.sae_expansions:
+        for c in cfg.sae_coefficients:
+            mine = [r for r in records if r["expansion"] == expansion and r["coords"][coef] == c]
+            for ax, field in zip(axes, ("fvu", "ce_loss_recovered"), strict=True):
+                values = [np.mean([r[field] for r in mine if r["coords"]["layer"] == layer]) for layer in layers]
+                ax.plot(layers, values, marker="o", label=f"d_sae = {expansion}×{width(cfg)}, {coef} = {c:g}")
+    for ax, title in zip(axes, ("FVU (lower is better)", "CE loss recovered vs zero ablation"), strict=True):
+        ax.set_xlabel(f"layer ({cfg.hook})")
+        ax.set_xticks(layers)
+        ax.set_title(title)
+    axes[0].legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    save(fig, figures / "layers.png")
