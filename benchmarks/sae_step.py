@@ -20,6 +20,19 @@ Every step draws a batch of rows uniformly with replacement from that array.
   steps without firing, tracked every step; AuxK runs only when some latent is dead).
   `torch.set_num_threads(os.cpu_count())`; each step gathers its batch with `torch.randint`.
 
+* **superpos_jax, sparse kernels** (`--kind topk`): the same engine and task with
+  `TopK(k_max=32)` — top_k of each row, decode by gathering the 32 active W_dec columns, a
+  sparse backward (scatter-adds), AuxK skipped when no latent is dead (`sae/sparse.py`). The
+  dense path above is then labelled "dense reference path".
+* **SAELens** (if `sae_lens` is importable; `--no-saelens` skips it): SAELens's own
+  `TopKTrainingSAE` / `StandardTrainingSAE` trained by `SAETrainer._train_step` (its forward,
+  dead-latent bookkeeping, backward, gradient clipping at norm 1, Adam), same d_in, d_sae, k,
+  λ, lr, dead window and batches drawn the same way; its own initialisation, and TopK without a
+  decoder-norm constraint (`rescale_acts_by_decoder_norm=False`), as SAELens trains it.
+
+`--compile` also times tracing/lowering and XLA compilation of every architecture's init and
+run programs (one instance; the k-sparse ones dense and sparse) and records the HLO size.
+
 Faithfulness check: on a tiny configuration both sides start from the same parameters (ours,
 copied into torch) and take 3 steps on the same batches; the losses, the first step's
 gradients and the final parameters must agree to ~1e-4 ("faithful: yes/no"). For topk half of
@@ -46,6 +59,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -111,13 +125,16 @@ def coefficient_kwargs(kind: str, n: int) -> dict[str, list[float]]:
     return {"l1_coefficient": [L1_COEFFICIENT * 2.0 ** (i - n // 2) for i in range(n)] if n > 1 else [L1_COEFFICIENT]}
 
 
-def our_training(kind: str, d_in: int, d_sae: int, batch: int) -> SAETraining:
-    return SAETraining(kind, d_in, d_sae, batch_size=batch, dead_steps=DEAD_STEPS)
+@dataclasses.dataclass(frozen=True)
+def our_training(kind: str, d_in: int, d_sae: int, batch: int, k_max: int | None = None) -> SAETraining:
+    return SAETraining(kind, d_in, d_sae, batch_size=batch, dead_steps=DEAD_STEPS, k_max=k_max)
 
 
-def make_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, n_steps: int, n_instances: int = 1):
-    """(trainer, hparams, state) of our engine for n_instances SAEs on the rows of x."""
-    training = our_training(kind, x.shape[1], d_sae, batch)
+def make_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, n_steps: int, n_instances: int = 1,
+              k_max: int | None = None):
+    """(trainer, hparams, state) of our engine for n_instances SAEs on the rows of x (k-sparse
+    kinds on the sparse kernels when `k_max` is given)."""
+    training = our_training(kind, x.shape[1], d_sae, batch, k_max)
     source = sources.ArrayRows(jnp.asarray(x))
     trainer = make_trainer(sae_task(training, source), recipe_optim(training, n_steps, LEARNING_RATE),
                            log_every=n_steps)
@@ -210,12 +227,13 @@ def make_torch_reference(torch, kind: str, x: np.ndarray, d_sae: int, batch: int
 # --------------------------------------------------------------------------------------
 
 
-def faithfulness_check(torch, kind: str, n_steps: int = 3) -> dict[str, Any]:
-    """Ours (the engine's `step_one`) vs the torch step on a tiny config from identical
-    parameters and batches; returns the largest relative discrepancies and the verdict."""
+def faithfulness_check(torch, kind: str, n_steps: int = 3, sparse: bool = False) -> dict[str, Any]:
+    """Ours (the engine's `step_one`; topk on the sparse kernels if `sparse`) vs the torch step
+    on a tiny config from identical parameters and batches; returns the largest relative
+    discrepancies and the verdict."""
     d_in, d_sae, batch, k = 16, 64, 32, 4
     x = activations(256, d_in)
-    training = our_training(kind, d_in, d_sae, batch)
+    training = our_training(kind, d_in, d_sae, batch, k if sparse else None)
     task = sae_task(training, sources.ArrayRows(jnp.asarray(x)))
     trainer = make_trainer(task, recipe_optim(training, n_steps, LEARNING_RATE))
     coef = {"k": [float(k)]} if kind == "topk" else {"l1_coefficient": [0.3]}
@@ -264,9 +282,10 @@ def faithfulness_check(torch, kind: str, n_steps: int = 3) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def time_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, steps: int, repeats: int) -> list[float]:
+def time_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, steps: int, repeats: int,
+              k_max: int | None = None) -> list[float]:
     """Seconds per step of each timed `trainer.run(…, steps)` call (one instance)."""
-    trainer, hp, state = make_ours(kind, x, d_sae, batch, steps)
+    trainer, hp, state = make_ours(kind, x, d_sae, batch, steps, k_max=k_max)
     seconds, state, trace = timed_runs(lambda s: trainer.run(s, hp, steps), state, repeats)
     out = [t / steps for t in seconds]
     if not np.all(np.isfinite(np.asarray(trace))):
@@ -279,6 +298,12 @@ def time_torch(torch, kind: str, x: np.ndarray, d_sae: int, batch: int, steps: i
     """Seconds per step of each timed block of `steps` reference steps (2 warm-up steps)."""
     coef = float(TOPK_K) if kind == "topk" else L1_COEFFICIENT
     _, step = make_torch_reference(torch, kind, x, d_sae, batch, coef, device)
+    return _time_torch_steps(torch, step, steps, repeats, device, "the reference")
+
+
+def _time_torch_steps(torch, step: Callable[[], Any], steps: int, repeats: int, device: str, what: str) -> list[float]:
+    """Seconds per step of each of `repeats` timed blocks of `steps` calls of a torch `step`
+    (after 2 warm-up calls), synchronising CUDA around each block."""
     sync: Callable[[], None] = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(2):
         step()
@@ -291,7 +316,92 @@ def time_torch(torch, kind: str, x: np.ndarray, d_sae: int, batch: int, steps: i
         sync()
         out.append((time.perf_counter() - t0) / steps)
     if not bool(torch.isfinite(loss)):
-        print("[sae_step] warning: non-finite losses in the reference")
+        print(f"[sae_step] warning: non-finite losses in {what}")
+    return out
+
+
+def make_saelens(torch, kind: str, x: np.ndarray, d_sae: int, batch: int, device: str = "cpu"):
+    """SAELens's own training SAE and trainer (`TopKTrainingSAE` / `StandardTrainingSAE`,
+    `SAETrainer`) on the same config; returns `(sae, trainer, step)` where `step(xb=None)` is
+    `SAETrainer._train_step` (forward, dead-latent bookkeeping, backward, clip at norm 1, Adam)
+    on `xb` or a random batch of rows of x. None if sae_lens is not importable.
+
+    Same config as ours: k = TOPK_K, AuxK α = 1/32, dead after DEAD_STEPS (topk), or λ =
+    L1_COEFFICIENT (relu); lr LEARNING_RATE, constant schedule. SAELens's differences are its
+    own: TopK without a unit-norm decoder constraint (`rescale_acts_by_decoder_norm=False`),
+    gradient clipping at global norm 1, its initialisation."""
+    try:
+        from sae_lens.config import LoggingConfig, SAETrainerConfig
+        from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+        from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+        from sae_lens.training.sae_trainer import SAETrainer
+    except ImportError as err:
+        print(f"[sae_step] sae_lens not importable ({err}); its column is skipped")
+        return None
+    d_in = x.shape[1]
+    if kind == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=TOPK_K, aux_loss_coefficient=1.0 / 32.0,
+                                                    rescale_acts_by_decoder_norm=False, device=device))
+    else:
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=L1_COEFFICIENT,
+                                                            device=device))
+    cfg = SAETrainerConfig(total_training_samples=batch * 10**6, train_batch_size_samples=batch, lr=LEARNING_RATE,
+                           lr_end=LEARNING_RATE,
+                           dead_feature_window=DEAD_STEPS, device=device,
+                           logger=LoggingConfig(log_to_wandb=False))
+    trainer = SAETrainer(cfg, sae, data_provider=iter(()))
+    data = torch.as_tensor(x, device=device)
+
+    def step(xb=None):
+        if xb is None:
+            xb = data[torch.randint(0, data.shape[0], (batch,), device=device)]
+        out = trainer._train_step(sae, xb)
+        trainer.n_training_steps += 1
+        return out.loss
+
+    return sae, trainer, step
+
+
+def time_saelens(torch, kind: str, x: np.ndarray, d_sae: int, batch: int, steps: int, repeats: int,
+                 device: str) -> list[float] | None:
+    """Seconds per step of each timed block of `steps` SAELens training steps (2 warm-up)."""
+    made = make_saelens(torch, kind, x, d_sae, batch, device)
+    if made is None:
+        return None
+    _, _, step = made
+    return _time_torch_steps(torch, step, steps, repeats, device, "SAELens")
+
+
+def compile_times(x: np.ndarray, d_sae: int, batch: int, steps: int, k_max: int) -> dict[str, dict[str, float]]:
+    """Per architecture (k-sparse ones dense and with `k_max`): seconds to trace+lower and to
+    compile the init and run programs of one instance, and the run program's HLO size."""
+    out = {}
+    variants = [(name, None) for name in ("relu", "topk", "batchtopk", "jumprelu", "gated")]
+    variants += [("topk", k_max), ("batchtopk", k_max)]
+    for kind, km in variants:
+        training = our_training(kind, x.shape[1], d_sae, batch, km)
+        coef = {training.arch.swept: [float(TOPK_K) if training.arch.swept == "k" else L1_COEFFICIENT]}
+        trainer = make_trainer(sae_task(training, sources.ArrayRows(jnp.asarray(x))),
+                               recipe_optim(training, steps, LEARNING_RATE), log_every=steps)
+        hp = jax.device_put(sae_hparams(training, **coef))
+        keys = instance_keys(np.arange(1))
+        t0 = time.perf_counter()
+        lowered_init = trainer.lower_init(hp, keys)
+        t1 = time.perf_counter()
+        lowered_init.compile()
+        t2 = time.perf_counter()
+        state = jax.eval_shape(lambda: trainer.init(hp, keys))
+        t3 = time.perf_counter()
+        lowered = trainer.lower_run(state, hp, steps)
+        t4 = time.perf_counter()
+        lowered.compile()
+        t5 = time.perf_counter()
+        label = kind + (f" (sparse, k_max={km})" if km else "")
+        out[label] = {"init_lower_s": t1 - t0, "init_compile_s": t2 - t1, "run_lower_s": t4 - t3,
+                      "run_compile_s": t5 - t4, "run_hlo_chars": len(lowered.as_text())}
+        print(f"compile {label}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in out[label].items())
+              + f" (load {os.getloadavg()[0]:.2f})", flush=True)
     return out
 
 
@@ -402,14 +512,20 @@ def summary_table(res: dict[str, Any]) -> str:
         "| implementation | s/step (median) | min–max | tokens/s | TFLOP/s | of jnp.dot rate | ours / reference |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    ref = res.get("torch")
-    for label, r in (("superpos_jax", res["ours"]), ("PyTorch reference", ref)):
+    lines[0] = lines[0].replace("| ours / reference |", "| PyTorch ref. / this | SAELens / this |")
+    lines[1] = lines[1] + "---:|"
+    ref, lens = res.get("torch"), res.get("saelens")
+    rows = (("superpos_jax" + (" (dense reference path)" if res.get("ours_sparse") else ""), res["ours"]),
+            (f"superpos_jax (sparse kernels, k_max={cfg.get('k')})", res.get("ours_sparse")),
+            ("PyTorch reference", ref), (f"SAELens {res.get('saelens_version', '')} `SAETrainer._train_step`", lens))
+    for label, r in rows:
         if r is None:
             continue
         med = r["median_s_per_step"]
-        ratio = "1.00" if r is ref else (f"{ref['median_s_per_step'] / med:.2f}×" if ref else "n/a")
+        ratios = [f"{o['median_s_per_step'] / med:.2f}×" if o else "n/a" for o in (ref, lens)]
         lines.append(f"| {label} | {med:.4f} | {min(r['s_per_step']):.4f}–{max(r['s_per_step']):.4f} | "
-                     f"{tokens / med:,.0f} | {flops / med / 1e12:.3f} | {flops / med / rate:.0%} | {ratio} |")
+                     f"{tokens / med:,.0f} | {flops / med / 1e12:.3f} | {flops / med / rate:.0%} | "
+                     f"{ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)
 
 
@@ -441,6 +557,13 @@ def section(res: dict[str, Any]) -> tuple[str, str]:
     if b:
         lines.append("Our step, broken down (s, one instance, jitted, median): "
                      + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.3f}" for k, v in b.items()) + ".")
+    ct = res.get("compile")
+    if ct:
+        lines += ["", "Compile (one instance, s; load average at start of each row in the JSON):", "",
+                  "| architecture | init lower | init compile | run lower | run compile | run HLO chars |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['init_lower_s']:.2f} | {v['init_compile_s']:.2f} | {v['run_lower_s']:.2f} | "
+                  f"{v['run_compile_s']:.2f} | {v['run_hlo_chars']:,} |" for k, v in ct.items()]
     sw = res.get("sweep")
     if sw:
         lines.append("")
@@ -481,6 +604,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="default: --batch on accelerators, 1024 on CPU")
     ap.add_argument("--sweep-steps", type=int, default=None, help="default: --steps")
     ap.add_argument("--no-sweep", action="store_true", help="skip the 8-SAE sweep comparison")
+    ap.add_argument("--no-saelens", action="store_true", help="skip the SAELens column")
+    ap.add_argument("--no-dense", action="store_true", help="topk: skip our dense reference path")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time lowering and compiling every architecture's programs (one instance)")
     ap.add_argument("--device-only", action="store_true", help="skip torch (JAX side only)")
     ap.add_argument("--torch-device", default="cpu")
     ap.add_argument("--quick", action="store_true",
@@ -554,9 +681,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "flops_per_s": res["flops_per_step"] / med,
                 "utilisation_vs_jnp_dot": res["flops_per_step"] / med / res["matmul_flops_per_s_jax"]}
 
-    res["ours"] = record(time_ours(args.kind, x, d_sae, batch, args.steps, args.repeats))
-    print(f"superpos_jax: {res['ours']['median_s_per_step']:.4f} s/step, {res['ours']['tokens_per_s']:,.0f} tokens/s",
-          flush=True)
+    def show(label: str, r: dict[str, Any]) -> None:
+        print(f"{label}: {r['median_s_per_step']:.4f} s/step, {r['tokens_per_s']:,.0f} tokens/s "
+              f"(load {os.getloadavg()[0]:.2f})", flush=True)
+
+    if args.kind == "topk":
+        if torch is not None:
+            res["faithfulness_sparse"] = fs = faithfulness_check(torch, args.kind, sparse=True)
+            print(f"faithful (sparse kernels): {'yes' if fs['faithful'] else 'no'} (max rel. diff: loss "
+                  f"{fs['max_rel_loss_diff']:.1e}, grad {fs['max_rel_grad_diff']:.1e}, params "
+                  f"{fs['max_rel_param_diff']:.1e})", flush=True)
+        res["ours_sparse"] = record(time_ours(args.kind, x, d_sae, batch, args.steps, args.repeats, k_max=TOPK_K))
+        show("superpos_jax (sparse)", res["ours_sparse"])
+    if args.kind != "topk" or not args.no_dense:
+        res["ours"] = record(time_ours(args.kind, x, d_sae, batch, args.steps, args.repeats))
+        show("superpos_jax" + (" (dense)" if args.kind == "topk" else ""), res["ours"])
+    else:
+        res["ours"] = res.pop("ours_sparse")
+    if torch is not None and not args.no_saelens:
+        lens = time_saelens(torch, args.kind, x, d_sae, batch, args.steps, args.repeats, args.torch_device)
+        if lens is not None:
+            import sae_lens
+            res["saelens_version"] = sae_lens.__version__
+            res["saelens"] = record(lens)
+            show("SAELens", res["saelens"])
     if torch is not None:
         res["torch"] = record(time_torch(torch, args.kind, x, d_sae, batch, args.steps, args.repeats,
                                          args.torch_device))
@@ -564,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"PyTorch reference: {res['torch']['median_s_per_step']:.4f} s/step, "
               f"{res['torch']['tokens_per_s']:,.0f} tokens/s; ours / reference = {res['ratio_ours_over_torch']:.2f}×",
               flush=True)
+    if args.compile:
+        res["compile"] = compile_times(x, d_sae, batch, args.steps, TOPK_K)
     res["breakdown_ours"] = breakdown_ours(args.kind, x, d_sae, batch, args.repeats)
     res["breakdown_ours"]["six_dense_matmuls_s"] = res["flops_per_step"] / res["matmul_flops_per_s_jax"]
     res["breakdown_ours"]["full_step_s"] = res["ours"]["median_s_per_step"]

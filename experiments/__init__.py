@@ -29,5 +29,5 @@ path is recorded in config.json so that `superpos resume DIR` finds it again. Fo
 in `SUPERPOS_EXPERIMENTS_PATH` are searched before this one, with the same rules.
 """
 
-HELPERS = ("common", "phase_common")
+HELPERS = ("common", "lm_common", "phase_common")
 """Modules of this folder that are not experiments (shared plumbing and science)."""

@@ -3,8 +3,27 @@
 Data: synthetic ground truth (`sae.sources.GroundTruthSource`) with many more features than
 dimensions, 512 random unit directions in 32 dimensions, firing with probabilities decaying
 as 0.993^i (4 active per example on average), so that the rare features keep rewarding larger
-dictionaries. TopK SAEs with a fixed k = 4 and dictionary sizes N = 32 … 512 (×2 steps; each
-size its own compiled sweep) train with constant-rate Adam for 1600 steps of 256 examples.
+dictionaries. TopK SAEs with a fixed k = 4 and dictionary sizes N = 32 … 512 (×2 steps) train
+with constant-rate Adam for 1600 steps of 256 examples.
+
+Two ways to train the sizes, with the same results (to float32 rounding) and the same
+summary.json and figures (`dictionary_sweep`):
+
+* "per_size": one compiled sweep (seeds) per dictionary size, each at its own d_sae;
+* "masked": ONE compiled sweep over (size × seed), every instance padded to the largest size
+  and masked to its own (`n_latents`, see `superpos_jax.sae.training`): one compile instead of
+  one per size, but every instance computes max N latents, Σ over sizes of (N_max − N) wasted;
+* "auto" (default): "masked" on GPU/TPU, "per_size" on CPU (`sweep_mode`). Measured on CPU
+  (benchmarks/dict_sweep.py, sizes 32 … 512 × 2 seeds, 400 steps, 2 shared cores at load
+  7–10; benchmarks/RESULTS.md, "Dictionary-size sweep"): a compiled masked step costs 8.0× the five per-size
+  programs together for TopK (3.6× for ReLU; the padding factor is 2.58), while the per-size
+  path pays five compiles (first calls, compile included: TopK 136 s for the five sizes vs 139 s
+  masked; ReLU 178 s vs 76 s). So on CPU the masked path wins only short runs, and the
+  per-size path the default 1600 steps. On accelerators the small per-size programs leave the
+  device idle and each pays its own compile, which the one masked program avoids; that side
+  is not yet measured (no GPU was available), so "masked" there is the expected choice.
+  A resumed "auto" run keeps the mode its checkpoints were written in (`checkpoints/masked`
+  or `checkpoints/N<size>`), whatever the device it resumes on.
 
 Several training lengths from one run: every `log_every` steps the trainer's `observe` hook
 scores the current SAE on a fixed held-out batch (a constant of the compiled program), giving
@@ -27,7 +46,7 @@ d_in=128 probability_base=0.999 k=8 dictionary_sizes=256,512,1024,2048,4096 n_st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +90,7 @@ class Config(common.RunConfig):
     n_seeds: PositiveInt = 1
     dead_steps: PositiveInt = 500
     eval_samples: PositiveInt = 4096
+    dictionary_sweep: Literal["auto", "masked", "per_size"] = "auto"
 
     def check(self) -> None:
         """n_steps a multiple of log_every · 2^(n_lengths − 1); k <= the smallest dictionary;
@@ -111,6 +131,21 @@ def lengths(cfg: Config) -> np.ndarray:
     return np.asarray([cfg.n_steps // 2**j for j in range(cfg.n_lengths)][::-1], np.int64)
 
 
+def sweep_mode(cfg: Config, backend: str | None = None, out_dir: RunDir | None = None) -> str:
+    """The way the sizes are trained: `cfg.dictionary_sweep`, with "auto" resolved to "masked"
+    on an accelerator and "per_size" on CPU (`backend`: default `jax.default_backend()`), or,
+    when `out_dir` already holds checkpoints of one mode (a resumed run), to that mode."""
+    if cfg.dictionary_sweep != "auto":
+        return cfg.dictionary_sweep
+    if out_dir is not None:
+        tags = {p.name for p in out_dir.checkpoint_dirs()}
+        if "masked" in tags:
+            return "masked"
+        if any(f"N{n}" in tags for n in cfg.dictionary_sizes):
+            return "per_size"
+    return "per_size" if (backend or jax.default_backend()) == "cpu" else "masked"
+
+
 def build(cfg: Config, d_sae: int | None = None) -> tuple[Grid, dict[str, np.ndarray], jax.Array, Trainer]:
     """Grid (seeds), hparams, keys and observing trainer of one dictionary size (the largest
     by default)."""
@@ -118,15 +153,29 @@ def build(cfg: Config, d_sae: int | None = None) -> tuple[Grid, dict[str, np.nda
     training = _training(cfg, d_sae)
     grid = Grid({"seed": range(cfg.n_seeds)})
     hparams = sae_hparams(training, k=np.full(grid.size, cfg.k, np.float32))
+    return grid, hparams, common.seed_keys(cfg.seed + 1, grid), _trainer(cfg, training)
+
+
+def build_masked(cfg: Config) -> tuple[Grid, dict[str, np.ndarray], jax.Array, Trainer]:
+    """Grid (d_sae × seed), hparams (with `n_latents` = each instance's size), keys and the
+    observing trainer of every size in one program, padded to the largest size. Instance
+    (size N, seed s) has the key and data of seed s in the size-N sweep of `build`."""
+    training = _training(cfg, max(cfg.dictionary_sizes))
+    grid = Grid({"d_sae": cfg.dictionary_sizes, "seed": range(cfg.n_seeds)})
+    hparams = sae_hparams(training, k=np.full(grid.size, cfg.k, np.float32),
+                          n_latents=np.asarray(grid.column("d_sae"), np.float32))
+    return grid, hparams, common.seed_keys(cfg.seed + 1, grid), _trainer(cfg, training)
+
+
+def _trainer(cfg: Config, training: SAETraining) -> Trainer:
     x_eval = jnp.asarray(held_out(cfg), jnp.float32)
 
     def observe(params: Any, hp: dict) -> dict[str, jax.Array]:
         out = evaluate(SAE(training.arch, params, hp), x_eval)
         return {"fvu": out["fvu"], "mse": out["mse"]}
 
-    trainer = make_trainer(sae_task(training, source(cfg)), recipe_optim(training, cfg.n_steps, cfg.learning_rate),
-                           log_every=cfg.log_every, observe=observe)
-    return grid, hparams, common.seed_keys(cfg.seed + 1, grid), trainer
+    return make_trainer(sae_task(training, source(cfg)), recipe_optim(training, cfg.n_steps, cfg.learning_rate),
+                        log_every=cfg.log_every, observe=observe)
 
 
 def _training(cfg: Config, d_sae: int) -> SAETraining:
@@ -139,30 +188,70 @@ def _law(fit: PowerLaw | None) -> dict[str, float] | None:
     return {"a": fit.a, "b": fit.b, "c": fit.c, "r2": fit.r2, "n_points": fit.n_points}
 
 
+def _train_sizes(
+    cfg: Config, out_dir: RunDir, mode: str, *, progress: bool, execution: Execution
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every size trained (`mode`: "per_size" or "masked"). Returns, per size: its held-out
+    curves `curve` (seed, n_windows), `final` train losses (seed,), held-out `l0` and
+    `dead_fraction` (seed,), `seconds`; and the run record over the (d_sae × seed) grid."""
+    x_eval = jnp.asarray(held_out(cfg), jnp.float32)
+    full = Grid({"d_sae": cfg.dictionary_sizes, "seed": range(cfg.n_seeds)})
+    sizes: list[dict[str, Any]] = []
+    if mode == "masked":
+        grid, hparams, keys, trainer = build_masked(cfg)
+        result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress,
+                              execution=execution, tag="masked")
+        final, ok = common.final_losses(result)
+        ev = batched_evaluate(_training(cfg, max(cfg.dictionary_sizes)), result.state, x_eval, hparams)
+        curves = np.asarray(result.observations["fvu"], np.float64)
+        for d_sae in cfg.dictionary_sizes:
+            rows = np.flatnonzero(grid.column("d_sae") == d_sae)
+            sizes.append({"curve": curves[rows], "final": final[rows], "l0": ev["l0"][rows],
+                          "dead_fraction": ev["dead_fraction"][rows],
+                          "seconds": result.seconds / len(cfg.dictionary_sizes)})
+        seconds, plan = result.seconds, result.plan
+        bad = {int(i): result.non_finite.get(int(i)) for i in np.flatnonzero(~ok)}
+    else:
+        seconds, bad, plan = 0.0, {}, None
+        for a, d_sae in enumerate(cfg.dictionary_sizes):
+            grid, hparams, keys, trainer = build(cfg, d_sae)
+            result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress,
+                                  execution=execution, tag=f"N{d_sae}")
+            final, ok = common.final_losses(result)
+            ev = batched_evaluate(_training(cfg, d_sae), result.state, x_eval, hparams)
+            sizes.append({"curve": np.asarray(result.observations["fvu"], np.float64), "final": final,
+                          "l0": ev["l0"], "dead_fraction": ev["dead_fraction"], "seconds": result.seconds})
+            seconds += result.seconds
+            bad.update({a * cfg.n_seeds + int(i): result.non_finite.get(int(i)) for i in np.flatnonzero(~ok)})
+            plan = result.plan
+    record = {
+        "grid": {k: list(v) for k, v in full.axes.items()},
+        "model_steps_per_second": full.size * cfg.n_steps / seconds if seconds > 0 else 0.0,
+        "execution": plan.as_dict(),
+        "non_finite_instances": [{"instance": i, "coords": full.coords(i), "detected_by_step": step}
+                                 for i, step in sorted(bad.items())],
+    }
+    return sizes, record
+
+
 def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execution = Execution()) -> dict[str, Any]:
-    """Train one sweep per dictionary size, read the held-out curves, fit the laws; figures on
-    process 0; return the summary."""
+    """Train every dictionary size (per size or in one masked program, `sweep_mode`), read the
+    held-out curves, fit the laws; figures on process 0; return the summary."""
     steps = lengths(cfg)
     windows = steps // cfg.log_every - 1  # observation w is taken after (w + 1) · log_every steps
-    x_eval = held_out(cfg)
+    mode = sweep_mode(cfg, out_dir=out_dir)
+    trained, records = _train_sizes(cfg, out_dir, mode, progress=progress, execution=execution)
     fvu = np.zeros((len(cfg.dictionary_sizes), steps.size))
     per_size: list[dict[str, Any]] = []
-    records: dict[str, Any] = {}
-    for a, d_sae in enumerate(cfg.dictionary_sizes):
-        grid, hparams, keys, trainer = build(cfg, d_sae)
-        result = common.train(NAME, cfg, grid, hparams, keys, trainer, out_dir, progress=progress,
-                              execution=execution, tag=f"N{d_sae}")
-        final, ok = common.final_losses(result)
-        curve = np.asarray(result.observations["fvu"], np.float64)  # (seed, n_windows)
+    for a, (d_sae, t) in enumerate(zip(cfg.dictionary_sizes, trained)):
+        curve = t["curve"]  # (seed, n_windows)
         fvu[a] = np.mean(curve[:, windows], axis=0)
-        ev = batched_evaluate(_training(cfg, d_sae), result.state, jnp.asarray(x_eval, jnp.float32), hparams)
         per_size.append({
             "d_sae": d_sae, "fvu_curve": np.mean(curve, axis=0).round(6).tolist(),
             "final_fvu": float(fvu[a, -1]), "final_fvu_per_seed": curve[:, -1].tolist(),
-            "l0": float(np.mean(ev["l0"])), "dead_fraction": float(np.mean(ev["fired"] == 0)),
-            "final_train_loss": float(np.mean(final)), "train_seconds": result.seconds,
+            "l0": float(np.mean(t["l0"])), "dead_fraction": float(np.mean(t["dead_fraction"])),
+            "final_train_loss": float(np.mean(t["final"])), "train_seconds": t["seconds"],
         })
-        records = {**common.run_record(grid, result, ok)}
 
     sizes = np.asarray(cfg.dictionary_sizes, np.float64)
     size_of = np.repeat(sizes, steps.size)
@@ -192,6 +281,7 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
         ), figures / "scaling_compute.png")
     return {
         **records,
+        "dictionary_sweep": mode,
         "n_instances": len(cfg.dictionary_sizes) * cfg.n_seeds,
         "train_seconds": float(sum(p["train_seconds"] for p in per_size)),
         "loss": "held-out FVU",

@@ -19,6 +19,11 @@ Definitions:
   columns to ground-truth features that maximises the total cosine (`linear_sum_assignment`,
   implemented here in NumPy). Ground-truth features left unmatched (d_sae < n_gt) count 0.
 
+A padded dictionary (an SAE of a dictionary-size sweep with hyperparameter `n_latents`, see
+`superpos_jax.sae.training`) is scored over its existing latents only: its masked latents are
+0, so L0 is unchanged, and the dead and dense fractions and the density histogram take
+`n_latents` (the first n_latents latents exist; None: all).
+
 The reconstruction and sparsity metrics are jnp functions of one instance (vmap for a sweep);
 `evaluate` scores one trained `SAE` on raw activations; the density histogram and the matching
 are host-side NumPy analysis.
@@ -42,9 +47,11 @@ _TINY = 1e-12
 def evaluate(sae: SAE, x: Float[ArrayLike, "batch d_in"]) -> dict[str, Array]:
     """Held-out metrics of one SAE on raw activations x, as used after training
     (`sae.encode`): `l0` (mean number of positive latents), `mse` (mean over examples of the
-    squared error summed over d_in, in raw units), `fvu`, and per-latent `fired` counts (d_sae,)."""
+    squared error summed over d_in, in raw units), `fvu`, per-latent `fired` counts (d_sae,)
+    and `dead_fraction` (the share of existing latents that never fired on x)."""
     x = jnp.asarray(x)
     f = sae.encode(x)
+    fired = jnp.sum((f > 0).astype(jnp.int32), axis=0)
     x_hat = sae.decode(f)
     err = jnp.sum(jnp.square(x - x_hat), axis=-1)
     var = jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True)))
@@ -52,7 +59,8 @@ def evaluate(sae: SAE, x: Float[ArrayLike, "batch d_in"]) -> dict[str, Array]:
         "l0": jnp.mean(jnp.sum((f > 0).astype(jnp.float32), axis=-1)),
         "mse": jnp.mean(err),
         "fvu": jnp.sum(err) / jnp.maximum(var, _TINY),
-        "fired": jnp.sum((f > 0).astype(jnp.int32), axis=0),
+        "fired": fired,
+        "dead_fraction": dead_fraction(fired, sae.hparams.get("n_latents")),
     }
 
 
@@ -83,24 +91,43 @@ def firing_counts(f: Float[ArrayLike, "batch d_sae"]) -> Int[Array, " d_sae"]:
     return jnp.sum((jnp.asarray(f) != 0).astype(jnp.int32), axis=0)
 
 
-def dead_fraction(counts: Real[ArrayLike, " d_sae"]) -> Scalar:
-    """Share of latents that never fired over the window (count == 0)."""
-    counts = jnp.asarray(counts)
-    return jnp.mean((counts == 0).astype(jnp.float32))
+def _existing(d_sae: int, n_latents: Real[ArrayLike, ""] | int | float | None) -> Array:
+    """(d_sae,) float32 weights: 1 for the first `n_latents` latents, 0 after (all 1 for None)."""
+    if n_latents is None:
+        return jnp.ones(d_sae, jnp.float32)
+    index = jnp.arange(d_sae, dtype=jnp.float32)
+    return (index < jnp.asarray(n_latents).astype(jnp.float32)).astype(jnp.float32)
+
+
+def _share(flags: Array, n_latents: Real[ArrayLike, ""] | int | float | None) -> Scalar:
+    weight = _existing(flags.shape[-1], n_latents)
+    return jnp.sum(flags.astype(jnp.float32) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def dead_fraction(
+    counts: Real[ArrayLike, " d_sae"], n_latents: Real[ArrayLike, ""] | int | float | None = None
+) -> Scalar:
+    """Share of the existing latents (the first `n_latents`; None: all) that never fired over
+    the window (count == 0)."""
+    return _share(jnp.asarray(counts) == 0, n_latents)
 
 
 def dense_fraction(
-    counts: Real[ArrayLike, " d_sae"], n_tokens: int | float, threshold: float | int = 0.1
+    counts: Real[ArrayLike, " d_sae"],
+    n_tokens: int | float,
+    threshold: float | int = 0.1,
+    n_latents: Real[ArrayLike, ""] | int | float | None = None,
 ) -> Scalar:
-    """Share of latents whose firing frequency count / n_tokens exceeds `threshold`."""
+    """Share of the existing latents (the first `n_latents`; None: all) whose firing frequency
+    count / n_tokens exceeds `threshold`."""
     if not n_tokens > 0:
         raise ValueError(f"n_tokens must be > 0, got {n_tokens}")
     counts = jnp.asarray(counts).astype(jnp.float32)
-    return jnp.mean((counts > np.float32(threshold) * np.float32(n_tokens)).astype(jnp.float32))
+    return _share(counts > np.float32(threshold) * np.float32(n_tokens), n_latents)
 
 
 def feature_density_histogram(
-    counts: npt.ArrayLike, n_tokens: int | float, bins: int | npt.ArrayLike = 50
+    counts: npt.ArrayLike, n_tokens: int | float, bins: int | npt.ArrayLike = 50, n_latents: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Histogram of log10 firing frequency over the latents that fired at least once.
 
@@ -108,14 +135,19 @@ def feature_density_histogram(
         counts: (d_sae,) firing counts over a window of `n_tokens` inputs.
         n_tokens: window length.
         bins: number of bins (spanning [log10(1 / n_tokens), 0]) or explicit bin edges.
+        n_latents: only the first `n_latents` latents exist (a padded dictionary); None: all.
 
     Returns:
         (hist, edges, n_dead): counts per bin (int64, len(edges) − 1), the bin edges in log10
-        frequency, and the number of latents with count 0 (log10 0 = −∞ is not binned).
+        frequency, and the number of existing latents with count 0 (log10 0 = −∞ is not binned).
     """
     counts = np.asarray(counts, np.float64)
     if counts.ndim != 1:
         raise ValueError(f"counts must be 1-D (d_sae,), got shape {counts.shape}")
+    if n_latents is not None:
+        if n_latents != int(n_latents) or not 1 <= n_latents <= counts.shape[0]:
+            raise ValueError(f"n_latents must be an integer in [1, d_sae={counts.shape[0]}], got {n_latents}")
+        counts = counts[: int(n_latents)]
     if not n_tokens > 0:
         raise ValueError(f"n_tokens must be > 0, got {n_tokens}")
     if np.any(counts < 0) or np.any(counts > n_tokens):

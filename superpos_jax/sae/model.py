@@ -11,6 +11,12 @@ trained with, and it acts on RAW activations:
 Its arrays are pytree leaves, so an `SAE` goes through jit, vmap and grad (interventions hold
 one). Build it from training with `SAE.from_training` / `SAE.from_sweep`, or load one with
 `superpos_jax.sae.io.load_sae`.
+
+An SAE of a dictionary-size sweep trained padded (hyperparameter `n_latents` < d_sae, see
+`superpos_jax.sae.training`) is cut to its first n_latents latents when it is built from concrete
+arrays (`trimmed`), so what is saved and analysed is a plain size-n_latents SAE; inside a traced
+function (jit/vmap) the size is not known statically, and the SAE keeps its padded latents, which
+`encode` holds at 0.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpy.typing as npt
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from superpos_jax.sae.architectures import Architecture, get
+from superpos_jax.sae.architectures.base import first_latents, mask_latents
 
 if TYPE_CHECKING:
     from superpos_jax.engine.trainer import TrainState
@@ -75,14 +83,27 @@ class SAE(eqx.Module):
     def from_training(
         cls, training: SAETraining, params: PyTree[Array], hparams: Mapping[str, ArrayLike], extra: Mapping[str, Any]
     ) -> SAE:
-        """One trained instance: its `params`, `hparams` and `TrainState.extra` (unbatched)."""
-        return cls(training.architecture, params, hparams, extra["arch"], extra["input_scale"])
+        """One trained instance: its `params`, `hparams` and `TrainState.extra` (unbatched);
+        cut to its first `hparams["n_latents"]` latents when that is a concrete value (`trimmed`)."""
+        return cls(training.architecture, params, hparams, extra["arch"], extra["input_scale"]).trimmed()
 
     @classmethod
     def from_sweep(cls, training: SAETraining, state: TrainState, hparams: Mapping[str, npt.ArrayLike], index: int) -> SAE:
         """Instance `index` of a batched sweep state (host or device arrays)."""
         take = lambda tree: jax.tree.map(lambda a: jnp.asarray(a[index]), tree)  # noqa: E731
         return cls.from_training(training, take(state.params), take(dict(hparams)), take(state.extra))
+
+    def trimmed(self) -> SAE:
+        """This SAE without the latents a padded dictionary masks: params cut to the first
+        `hparams["n_latents"]` latents and `n_latents` dropped. Itself when it has no
+        `n_latents`, or when that is traced (inside jit/vmap its value is not static)."""
+        if "n_latents" not in self.hparams or isinstance(self.hparams["n_latents"], jax.core.Tracer):
+            return self
+        n = int(np.asarray(self.hparams["n_latents"]))
+        if n != np.asarray(self.hparams["n_latents"]) or not 1 <= n <= self.d_sae:
+            raise ValueError(f"n_latents must be an integer in [1, d_sae={self.d_sae}], got {self.hparams['n_latents']}")
+        hparams = {name: value for name, value in self.hparams.items() if name != "n_latents"}
+        return SAE(self.architecture, first_latents(self.params, n), hparams, self.state, self.input_scale)
 
     @property
     def d_in(self) -> int:
@@ -106,10 +127,11 @@ class SAE(eqx.Module):
         return W / jnp.maximum(jnp.linalg.norm(W, axis=0, keepdims=True), 1e-12)
 
     def encode(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch sae"]:
-        """Latents of raw activations (leading axes are rows, encoded independently)."""
+        """Latents of raw activations (leading axes are rows, encoded independently); latents
+        ≥ `hparams["n_latents"]` of a padded SAE are 0 whatever its inference form."""
         rows = x.reshape(-1, x.shape[-1])
         scaled = rows * self.input_scale.astype(rows.dtype)
-        f = self.architecture.encode_inference(self.params, self.state, scaled, self.hparams)
+        f = mask_latents(self.architecture.encode_inference(self.params, self.state, scaled, self.hparams), self.hparams)
         return f.reshape(x.shape[:-1] + (f.shape[-1],))
 
     def decode(self, f: Float[Array, "*batch sae"]) -> Float[Array, "*batch d_in"]:
@@ -133,6 +155,7 @@ class SAE(eqx.Module):
 
     def inference(self) -> SAE:
         """The SAE in its inference form (BatchTopK → JumpReLU at its threshold) with the input
-        scale folded in: what is saved to SAELens."""
-        arch, params, state, hparams = self.architecture.inference_form(self.params, self.state, self.hparams)
+        scale folded in (and any masked latents dropped): what is saved to SAELens."""
+        trimmed = self.trimmed()
+        arch, params, state, hparams = trimmed.architecture.inference_form(trimmed.params, trimmed.state, trimmed.hparams)
         return SAE(arch, params, hparams, state, self.input_scale).folded()

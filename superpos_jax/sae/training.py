@@ -26,15 +26,24 @@ The recipes (PAPERS.md §2), all inside the compiled loop:
 * the architecture's running state (BatchTopK's inference threshold) is `extra["arch"]`;
 * b_dec starts at the geometric median of a data sample (2023) or at zero (2024).
 
+Dictionary-size sweeps in one program (pad and mask): train at `d_sae` = the largest size and
+give each instance its size as the hyperparameter `n_latents` (`sae_hparams(..., n_latents=...)`);
+only latents i < n_latents exist (see `architectures.base`). Masked latents never fire, never
+count as dead (their `since_fired` stays 0), are never resampled, are left out of AuxK and of
+the mean alive encoder norm, and receive no gradient, so their optimizer moments stay 0; the
+first n_latents latents train exactly as a size-n_latents SAE does (to float32 rounding: the
+padded reductions run over more, zero, terms). `SAE.from_sweep` drops the masked latents.
+
 `TrainState.extra` holds `since_fired` (d_sae,), `resampled` (), `input_scale` () and `arch`
 (the architecture's `init_state`). Per-instance hyperparameters (`sae_hparams`): the
 architecture's swept coefficient (`l1_coefficient` or `k`), optionally `learning_rate`,
-`k_aux`, `auxk_coefficient`, `bandwidth`, ... Data statistics (input scale, geometric median)
-use a fixed key, so every instance of a sweep sees the same ones.
+`k_aux`, `auxk_coefficient`, `bandwidth`, `n_latents`, ... Data statistics (input scale,
+geometric median) use a fixed key, so every instance of a sweep sees the same ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -45,12 +54,13 @@ import numpy as np
 import numpy.typing as npt
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
-from superpos_jax.config import NonNegativeInt, PositiveFloat, PositiveInt, fail, in_range, non_negative, validate
+from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, fail, in_range, non_negative, positive,
+                                 validate)
 from superpos_jax.engine.optim import OptimConfig
 from superpos_jax.engine.task import Task
 from superpos_jax.engine.trainer import TrainState, step_key
 from superpos_jax.sae.architectures import Architecture, get, names, unit_norm_decoder
-from superpos_jax.sae.architectures.base import reset_latents
+from superpos_jax.sae.architectures.base import latent_keys, latent_mask, reset_latents
 from superpos_jax.sae.metrics import evaluate
 from superpos_jax.sae.model import SAE
 from superpos_jax.sae.sources import FedSource
@@ -79,6 +89,9 @@ class SAETraining:
         jumprelu_threshold: JumpReLU's initial threshold θ (Adam moves log θ by about the
             learning rate per step, so θ must start near the scale of the activations).
         stats_samples: activations used for the input scale and the geometric median.
+        k_max: for topk/batchtopk, a static bound on every instance's k that switches on the sparse
+            kernels (decode only the kept latents, sparse backward, AuxK only when a latent is
+            dead; `architectures.ksparse`); None: the dense reference path.
     """
 
     architecture: str
@@ -93,6 +106,7 @@ class SAETraining:
     threshold_momentum: Annotated[float, in_range(0.0, 1.0, closed="(]")] = 0.01
     jumprelu_threshold: PositiveFloat = 0.001
     stats_samples: PositiveInt = 4096
+    k_max: Annotated[int | None, positive] = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -104,13 +118,16 @@ class SAETraining:
         arch = get(self.architecture)
         if self.recipe not in arch.recipes:
             fail("recipe", self.recipe, f"one of {arch.recipes} for {self.architecture}")
+        if self.k_max is not None and not arch.auxk:
+            fail("k_max", self.k_max, "None: only the k-sparse architectures (topk, batchtopk) have sparse kernels")
         if self.resample_every and arch.auxk:
             fail("resample_every", self.resample_every, f"0: {self.architecture} handles dead latents with AuxK")
 
     @property
     def arch(self) -> Architecture:
         """The registered `Architecture`."""
-        return get(self.architecture)
+        arch = get(self.architecture)
+        return dataclasses.replace(arch, k_max=self.k_max) if self.k_max is not None else arch
 
     @property
     def april_2024(self) -> bool:
@@ -162,13 +179,19 @@ def sae_hparams(
 
     The architecture's swept coefficient (`training.arch.swept`: `l1_coefficient` for relu,
     jumprelu, gated; `k` for topk, batchtopk) is required and checked here (k in [1, d_sae],
-    λ finite and ≥ 0), before anything compiles; other keyword arguments (`k_aux`,
-    `bandwidth`, ...) are passed through."""
+    λ finite and ≥ 0), before anything compiles. `n_latents` (a dictionary-size sweep in one
+    program: each instance's size, an integer in [1, d_sae]; k must not exceed it) is checked
+    too; other keyword arguments (`k_aux`, `bandwidth`, ...) are passed through."""
     arch = training.arch
     if values.get(arch.swept) is None:
         raise ValueError(f"{arch.name} needs {arch.swept} (the coefficient its sweeps vary)")
     given: dict[str, Any] = {name: v for name, v in values.items() if v is not None}
     arch.check_swept(np.atleast_1d(np.asarray(given[arch.swept], np.float32)), training.d_sae)
+    if "n_latents" in given:
+        sizes = np.atleast_1d(np.asarray(given["n_latents"], np.float64))
+        if np.any(~np.isfinite(sizes)) or np.any(sizes != np.round(sizes)) or np.any(sizes < 1) \
+                or np.any(sizes > training.d_sae):
+            raise ValueError(f"n_latents must be integers in [1, d_sae={training.d_sae}], got {sizes.tolist()}")
     if learning_rate is not None:
         lr = np.atleast_1d(np.asarray(learning_rate, np.float32))
         if np.any(~(lr > 0)):
@@ -177,10 +200,15 @@ def sae_hparams(
     arrays = {name: np.atleast_1d(np.asarray(v, np.float32)) for name, v in given.items()}
     n = max(a.shape[0] for a in arrays.values())
     try:
-        return {name: np.broadcast_to(a, (n,)).copy() for name, a in arrays.items()}
+        out = {name: np.broadcast_to(a, (n,)).copy() for name, a in arrays.items()}
     except ValueError as err:
         shapes = {name: a.shape for name, a in arrays.items()}
         raise ValueError(f"hyperparameters must broadcast to one instance axis, got {shapes}") from err
+    if "n_latents" in out and "k" in out and np.any(out["k"] > out["n_latents"]):
+        bad = np.flatnonzero(out["k"] > out["n_latents"])
+        raise ValueError(f"k must not exceed n_latents; instances {bad.tolist()} have k="
+                         f"{out['k'][bad].tolist()} > n_latents={out['n_latents'][bad].tolist()}")
+    return out
 
 
 def input_scale(training: SAETraining, source: Any) -> Float[Array, ""]:
@@ -205,6 +233,9 @@ def sae_task(training: SAETraining, source: Any) -> Task:
         raise ValueError(f"the source gives d_in={source.d_in} but the SAE expects d_in={training.d_in}")
     arch = training.arch
     fed = isinstance(source, FedSource)
+    given = getattr(source, "batch_size", training.batch_size) if fed else training.batch_size
+    if given != training.batch_size:
+        raise ValueError(f"the source gives batches of {given} rows but the SAE trains on batch_size={training.batch_size}")
 
     def stats_rows(hparams: dict, shared: Any) -> Array:
         key = jax.random.key(_STATS_KEY)
@@ -237,7 +268,7 @@ def sae_task(training: SAETraining, source: Any) -> Task:
             ramp = jnp.minimum((state.step + 1).astype(jnp.float32) / training.l1_warmup_steps, 1.0)
             hp["l1_coefficient"] = hp["l1_coefficient"] * ramp
         if arch.auxk:
-            hp["dead"] = state.extra["since_fired"] >= training.dead_steps
+            hp["dead"] = (state.extra["since_fired"] >= training.dead_steps) & latent_mask(hp, training.d_sae)
         return hp
 
     def sample(hparams: dict, *, key: PRNGKeyArray, shared: Any, data: Any = None) -> Array:
@@ -251,16 +282,17 @@ def sae_task(training: SAETraining, source: Any) -> Task:
     def after_update(state: TrainState, x: Array, aux: dict, hparams: dict, *, shared: Any) -> TrainState:
         extra = dict(state.extra)
         params, extra["arch"] = arch.after_update(state.params, extra["arch"], aux, hparams, unit_norm=training.unit_norm)
-        fired = jnp.any(aux["f"] > 0, axis=0)
+        exists = latent_mask(hparams, training.d_sae)
+        fired = jnp.any(aux["f"] > 0, axis=0) | ~exists  # a masked latent is never dead
         extra["since_fired"] = jnp.where(fired, 0, extra["since_fired"] + 1)
         opt_state = state.opt_state
         if training.resample_every:
             due = state.step % training.resample_every == 0
             if training.resample_until is not None:
                 due = due & (state.step <= training.resample_until)
-            dead = due & (extra["since_fired"] >= training.dead_steps)
+            dead = due & (extra["since_fired"] >= training.dead_steps) & exists
             key = step_key(state, _RESAMPLE_SALT)
-            params, opt_state = resample(arch, params, opt_state, dead, x, aux["sq_err"], key=key)
+            params, opt_state = resample(arch, params, opt_state, dead, x, aux["sq_err"], key=key, exists=exists)
             extra["since_fired"] = jnp.where(dead, 0, extra["since_fired"])
             extra["resampled"] = extra["resampled"] + jnp.sum(dead).astype(jnp.int32)
         return TrainState(params, opt_state, state.step, state.key, extra)
@@ -291,23 +323,27 @@ def resample(
     sq_err: Float[Array, " batch"],
     *,
     key: PRNGKeyArray,
+    exists: Bool[Array, " sae"] | None = None,
 ) -> tuple[Any, PyTree]:
     """Anthropic's (2023) resampling of the latents in `dead` (one instance; a no-op where
     `dead` is all False).
 
     Each dead latent i draws an input x_j with probability ∝ sq_err_j² (uniformly if every
-    error is 0); W_dec[:, i] = x_j/‖x_j‖, W_enc[i] = 0.2 · mean alive ‖W_enc row‖ · x_j/‖x_j‖,
-    its biases zeroed (`arch.resample`); every optimizer moment of latent i (in any node of
-    `opt_state` shaped like the params) is reset to 0.
+    error is 0), from its own key `fold_in(key, i)`; W_dec[:, i] = x_j/‖x_j‖, W_enc[i] = 0.2 ·
+    mean alive ‖W_enc row‖ · x_j/‖x_j‖, its biases zeroed (`arch.resample`); every optimizer
+    moment of latent i (in any node of `opt_state` shaped like the params) is reset to 0.
+    `exists` (default: every latent) marks the latents of a padded dictionary that exist; the
+    others are neither alive nor dead (`dead` must not include them).
     """
+    d_sae = params.W_dec.shape[1]
     weight = jnp.square(sq_err)
     total = jnp.sum(weight)
     p = jnp.where(total > 0, weight / jnp.where(total > 0, total, 1.0), 1.0 / weight.shape[0])
-    rows = jax.random.choice(key, x.shape[0], (params.W_dec.shape[1],), p=p)
+    rows = jax.vmap(lambda k: jax.random.choice(k, x.shape[0], p=p))(latent_keys(key, d_sae))
     chosen = x[rows]
     direction = chosen / jnp.maximum(jnp.linalg.norm(chosen, axis=-1, keepdims=True), 1e-12)
     enc_norm = jnp.linalg.norm(params.W_enc, axis=-1)
-    alive = ~dead
+    alive = ~dead if exists is None else exists & ~dead
     n_alive = jnp.sum(alive.astype(jnp.float32))
     mean_alive = jnp.where(n_alive > 0, jnp.sum(jnp.where(alive, enc_norm, 0.0)) / jnp.maximum(n_alive, 1.0), 1.0)
     new = arch.resample(params, dead, direction, 0.2 * mean_alive)

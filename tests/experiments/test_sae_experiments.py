@@ -2,8 +2,11 @@
 early, JSON summary, figures) and their science (an SAE recovers a toy model's features; held-out
 loss falls with dictionary size along a power law)."""
 
+import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,6 +100,54 @@ def test_scaling_summary_and_figures(scaling_run):
                                * np.tile(np.asarray(summary["tokens"]), len(SCALING.dictionary_sizes)))
     for name in ("scaling_size", "compute_optimal", "scaling_compute"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+
+
+def _topk_masks() -> bool:
+    """Whether TopK honours `n_latents` (ksparse.py's half of the dictionary-size mask)."""
+    from superpos_jax.sae import architectures as sae
+
+    arch = sae.get("topk")
+    params = arch.init(4, 6, key=jax.random.key(0))
+    f = arch.encode(params, jax.random.normal(jax.random.key(1), (8, 4)), {"k": jnp.float32(6), "n_latents": jnp.float32(2)})
+    return bool(jnp.all(f[:, 2:] == 0))
+
+
+def test_scaling_sweep_mode_rule(tmp_path):
+    assert scaling_exp.sweep_mode(SCALING, "cpu") == "per_size"
+    assert scaling_exp.sweep_mode(SCALING, "gpu") == scaling_exp.sweep_mode(SCALING, "tpu") == "masked"
+    for mode in ("masked", "per_size"):
+        assert scaling_exp.sweep_mode(dataclasses.replace(SCALING, dictionary_sweep=mode), "gpu") == mode
+    masked_dir = RunDir(tmp_path / "masked")
+    masked_dir.checkpoint_dir("masked").mkdir(parents=True)
+    assert scaling_exp.sweep_mode(SCALING, "cpu", masked_dir) == "masked"  # a resumed run keeps its mode
+    sized_dir = RunDir(tmp_path / "sized")
+    sized_dir.checkpoint_dir("N16").mkdir(parents=True)
+    assert scaling_exp.sweep_mode(SCALING, "gpu", sized_dir) == "per_size"
+    with pytest.raises(ConfigError, match="'dictionary_sweep'"):
+        validate(apply_overrides(scaling_exp.Config(), ["dictionary_sweep=padded"]))
+
+
+@pytest.mark.skipif(not _topk_masks(), reason="ksparse.py does not apply n_latents yet")
+def test_scaling_masked_program_gives_the_per_size_fits(scaling_run, tmp_path):
+    """The whole size sweep as one masked program: same summary keys, curves, fits and
+    figures as one program per size (to float32 rounding of the padded reductions)."""
+    summary, _ = scaling_run
+    assert summary["dictionary_sweep"] == scaling_exp.sweep_mode(SCALING)
+    other = "masked" if summary["dictionary_sweep"] == "per_size" else "per_size"
+    masked = scaling_exp.run(dataclasses.replace(SCALING, dictionary_sweep=other), RunDir(tmp_path), progress=False)
+    assert masked["dictionary_sweep"] == other
+    assert set(masked) == set(summary) and masked["grid"] == summary["grid"]
+    np.testing.assert_allclose(masked["fvu"], summary["fvu"], rtol=1e-4, atol=1e-6)
+    for law in ("size_law", "compute_law"):
+        for field in ("a", "b", "c", "r2"):
+            np.testing.assert_allclose(masked[law][field], summary[law][field], rtol=2e-3, atol=1e-6, err_msg=law)
+    np.testing.assert_allclose(masked["compute_optimal"]["sizes"], summary["compute_optimal"]["sizes"], rtol=1e-3)
+    for a, b in zip(masked["per_size"], summary["per_size"]):
+        assert set(a) == set(b)
+        for field in ("l0", "dead_fraction", "final_fvu", "final_train_loss"):
+            np.testing.assert_allclose(a[field], b[field], rtol=1e-4, atol=1e-6, err_msg=field)
+    for name in ("scaling_size", "compute_optimal", "scaling_compute"):
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
 
 
 def test_loss_falls_with_dictionary_size_and_training(scaling_run):

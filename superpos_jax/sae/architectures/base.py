@@ -25,6 +25,15 @@ Every params pytree names its per-latent leaves in `LATENT_AXES` (leaf name → 
 indexes latents, or None): resampling and optimizer-moment resets use it, so they work for any
 architecture.
 
+Dictionary-size sweeps (pad and mask): instances of one program share the largest d_sae, and
+the optional per-instance hyperparameter `hp["n_latents"]` (a float32 scalar; absent = all)
+says that only latents i < n_latents exist. Every architecture makes that exact: `init` is
+prefix-consistent (latent i's parameters do not depend on d_sae, so the first N latents of a
+size-N_max init are a size-N init), the latents ≥ n_latents are 0 in `encode` (their
+pre-activations never fire and pass no gradient), and every loss term sums over the existing
+latents only (`latent_mask`, `mask_latents`). The k-sparse architectures set the pre-activations
+of masked latents to −∞ before selecting and leave them out of AuxK's dead set.
+
 Decoder-norm constraint (2023 recipe, TopK family): chain `unit_norm_decoder()` before the
 optimizer and let `after_update(..., unit_norm=True)` renormalise the columns after each update.
 """
@@ -42,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 import optax
-from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Bool, Float, Key, PRNGKeyArray, PyTree, Scalar
 
 RECIPES: tuple[str, ...] = ("2023", "2024")
 TINY_THRESHOLD = 1e-30  # the smallest stored threshold: log θ stays finite at θ = 0
@@ -70,15 +79,38 @@ def _hp(hp: Mapping[str, Any], defaults: Mapping[str, float], name: str, like: A
     return jnp.asarray(value).astype(like.dtype)
 
 
+def latent_mask(hp: Mapping[str, Any], d_sae: int) -> Bool[Array, " sae"]:
+    """Which latents exist: i < `hp["n_latents"]` (every latent when `hp` has no "n_latents")."""
+    if "n_latents" not in hp:
+        return jnp.ones(d_sae, bool)
+    return jnp.arange(d_sae, dtype=jnp.float32) < jnp.asarray(hp["n_latents"]).astype(jnp.float32)
+
+
+def mask_latents(f: Float[Array, "*batch sae"], hp: Mapping[str, Any]) -> Float[Array, "*batch sae"]:
+    """`f` with the latents ≥ `hp["n_latents"]` set to 0 (no gradient reaches them); `f` itself,
+    unchanged, when `hp` has no "n_latents"."""
+    if "n_latents" not in hp:
+        return f
+    return jnp.where(latent_mask(hp, f.shape[-1]), f, jnp.zeros((), f.dtype))
+
+
+def latent_keys(key: PRNGKeyArray, d_sae: int) -> Key[Array, " sae"]:
+    """One key per latent, `fold_in(key, i)`: latent i's draws do not depend on d_sae."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(d_sae, dtype=jnp.uint32))
+
+
 def initial_decoder(
     d_in: int, d_sae: int, *, key: PRNGKeyArray, recipe: str, decoder_norm: float | int
 ) -> Float[Array, "d_in sae"]:
-    """Random decoder columns of unit norm (recipe "2023") or of norm `decoder_norm` ("2024")."""
+    """Random decoder columns of unit norm (recipe "2023") or of norm `decoder_norm` ("2024").
+
+    Column i is drawn from `fold_in(key, i)` alone (`latent_keys`), so the first N columns of a
+    size-N_max draw equal a size-N draw (the prefix-consistent init of dictionary-size sweeps)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     if d_in < 1 or d_sae < 1:
         raise ValueError(f"d_in and d_sae must be >= 1, got d_in={d_in}, d_sae={d_sae}")
-    W = jax.random.normal(key, (d_in, d_sae), jnp.float32)
+    W = jax.vmap(lambda k: jax.random.normal(k, (d_in,), jnp.float32), out_axes=1)(latent_keys(key, d_sae))
     W = W / jnp.linalg.norm(W, axis=0, keepdims=True)
     return decoder_norm * W if recipe == "2024" else W
 
@@ -154,6 +186,18 @@ def reset_latents(node: Any, dead: Bool[Array, " sae"]) -> Any:
             continue
         mask = dead if leaf.ndim == 1 else (dead[:, None] if axis == 0 else dead[None, :])
         changes[name] = jnp.where(mask, jnp.zeros((), leaf.dtype), leaf)
+    return dataclasses.replace(node, **changes)
+
+
+def first_latents(node: Any, n: int) -> Any:
+    """`node` (a params-shaped pytree) with only its first `n` latents (leaves per
+    `LATENT_AXES`; others unchanged): a size-n SAE from a padded one."""
+    changes = {}
+    for name, axis in type(node).LATENT_AXES.items():
+        leaf = getattr(node, name)
+        if axis is None or leaf is None:
+            continue
+        changes[name] = leaf[:n] if axis == 0 else leaf[:, :n]
     return dataclasses.replace(node, **changes)
 
 

@@ -23,6 +23,7 @@ from superpos_jax.sae.architectures.base import (
     L1Architecture,
     linear_decode,
     loss_terms,
+    mask_latents,
     reconstruction_error,
     weighted_l1,
 )
@@ -66,19 +67,21 @@ class Gated(L1Architecture):
         return {"r_mag": zeros, "b_mag": zeros}
 
     def encode(self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]) -> Float[Array, "batch sae"]:
-        """f = H(π) ⊙ ReLU(exp(r_mag) ⊙ x̄W_encᵀ + b_mag), π = x̄W_encᵀ + b_enc."""
+        """f = H(π) ⊙ ReLU(exp(r_mag) ⊙ x̄W_encᵀ + b_mag), π = x̄W_encᵀ + b_enc (0 for latents
+        ≥ `hp["n_latents"]`)."""
         gate, magnitude = _paths(params, x)
-        return jnp.where(gate > 0, magnitude, 0.0)
+        return mask_latents(jnp.where(gate > 0, magnitude, 0.0), hp)
 
     def loss(
         self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]
     ) -> tuple[Scalar, dict[str, Array]]:
-        """recon + λ Σ_i ReLU(π_i) w_i + ‖x − (ReLU(π) sg(W_dec)ᵀ + sg(b_dec))‖² (mean over batch)."""
+        """recon + λ Σ_i ReLU(π_i) w_i + ‖x − (ReLU(π) sg(W_dec)ᵀ + sg(b_dec))‖² (mean over batch;
+        the sums over the existing latents only)."""
         gate, magnitude = _paths(params, x)
-        f = jnp.where(gate > 0, magnitude, 0.0)
+        f = mask_latents(jnp.where(gate > 0, magnitude, 0.0), hp)
         x_hat = linear_decode(params, f)
         recon = reconstruction_error(x, x_hat)
-        gate_act = jax.nn.relu(gate)
+        gate_act = mask_latents(jax.nn.relu(gate), hp)
         sparsity = weighted_l1(params, gate_act, self.hparam(hp, "decoder_norm_l1", f))
         frozen = jax.lax.stop_gradient(params)
         aux = reconstruction_error(x, linear_decode(frozen, gate_act))

@@ -21,6 +21,7 @@ from superpos_jax.sae.architectures.base import (
     L1Architecture,
     linear_decode,
     loss_terms,
+    mask_latents,
     pre_activations,
     reconstruction_error,
 )
@@ -104,18 +105,19 @@ class JumpReLU(L1Architecture):
         return z, theta, jnp.broadcast_to(self.hparam(hp, "bandwidth", z), z.shape)
 
     def encode(self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]) -> Float[Array, "batch sae"]:
-        """f = z · H(z − θ), θ = exp(log_threshold)."""
-        return jumprelu(*self._gates(params, x, hp))
+        """f = z · H(z − θ), θ = exp(log_threshold) (0 for latents ≥ `hp["n_latents"]`)."""
+        return mask_latents(jumprelu(*self._gates(params, x, hp)), hp)
 
     def loss(
         self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]
     ) -> tuple[Scalar, dict[str, Array]]:
-        """recon + λ Σ_i H(z_i − θ_i) (mean over batch), straight-through gradients to θ."""
+        """recon + λ Σ_i H(z_i − θ_i) (mean over batch; existing latents only), straight-through
+        gradients to θ."""
         z, theta, eps = self._gates(params, x, hp)
-        f = jumprelu(z, theta, eps)
+        f = mask_latents(jumprelu(z, theta, eps), hp)
         x_hat = linear_decode(params, f)
         recon = reconstruction_error(x, x_hat)
-        sparsity = jnp.mean(jnp.sum(step(z, theta, eps), axis=-1))
+        sparsity = jnp.mean(jnp.sum(mask_latents(step(z, theta, eps), hp), axis=-1))
         total = recon + self.hparam(hp, "l1_coefficient", x) * sparsity
         return total, loss_terms(x, x_hat, f, recon=recon, sparsity=sparsity)
 

@@ -16,6 +16,7 @@ from superpos_jax.sae.architectures.base import (
     L1Architecture,
     linear_decode,
     loss_terms,
+    mask_latents,
     pre_activations,
     reconstruction_error,
     weighted_l1,
@@ -31,8 +32,8 @@ class ReLU(L1Architecture):
     saelens_architecture: ClassVar[str | None] = "standard"
 
     def encode(self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]) -> Float[Array, "batch sae"]:
-        """f = ReLU(z)."""
-        return jax.nn.relu(pre_activations(params, x))
+        """f = ReLU(z) (0 for latents ≥ `hp["n_latents"]`)."""
+        return mask_latents(jax.nn.relu(pre_activations(params, x)), hp)
 
     def loss(
         self, params: Any, x: Float[Array, "batch d_in"], hp: Mapping[str, Any]
