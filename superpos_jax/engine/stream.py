@@ -18,7 +18,6 @@ shuffle, and `position(step)` (epoch, rows consumed) is recorded in every checkp
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
@@ -89,29 +88,25 @@ class Prefetcher:
     def __init__(self, stream: Stream, put: Callable[[Any], Any]):
         self.stream, self.put = stream, put
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="superpos-prefetch")
-        self._ahead: dict[tuple[int, int], Future] = {}
-        self._lock = threading.Lock()
+        self._ahead: dict[tuple[int, int], Future] = {}  # touched only by the caller's thread
 
     def _load(self, start: int, n: int) -> Any:
         return self.put(self.stream.read(start, n))
 
     def get(self, start: int, n: int, *, then: tuple[int, int] | None = None) -> Any:
-        with self._lock:
-            future = self._ahead.pop((start, n), None)
-            for stale in self._ahead.values():  # asked ahead for something else: drop it
-                stale.cancel()
-            self._ahead.clear()
+        future = self._ahead.pop((start, n), None)
+        for stale in self._ahead.values():  # asked ahead for something else: drop it
+            stale.cancel()
+        self._ahead.clear()
         data = future.result() if future is not None else self._load(start, n)
         if then is not None:
-            with self._lock:
-                self._ahead[then] = self._pool.submit(self._load, *then)
+            self._ahead[then] = self._pool.submit(self._load, *then)
         return data
 
     def close(self) -> None:
-        with self._lock:
-            for f in self._ahead.values():
-                f.cancel()
-            self._ahead.clear()
+        for f in self._ahead.values():
+            f.cancel()
+        self._ahead.clear()
         self._pool.shutdown(wait=True)
 
     def __enter__(self) -> Prefetcher:

@@ -211,15 +211,10 @@ def sae_hparams(
     return out
 
 
-def input_scale(training: SAETraining, source: Any) -> Float[Array, ""]:
-    """The factor s with E‖s x‖² = d_in on a sample of the source (1 outside April 2024).
-    Call it with the source the program receives as an argument (the task's `shared`)."""
+def input_scale(training: SAETraining, x: Float[Array, "n d_in"]) -> Float[Array, ""]:
+    """The factor s with E‖s x‖² = d_in over the statistics rows x (1 outside April 2024)."""
     if not training.april_2024:
         return jnp.float32(1.0)
-    return _scale_of(training, source.sample(jax.random.key(_STATS_KEY), training.stats_samples))
-
-
-def _scale_of(training: SAETraining, x: Array) -> Float[Array, ""]:
     return jnp.sqrt(training.d_in / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x), axis=-1)), 1e-12))
 
 
@@ -251,7 +246,7 @@ def sae_task(training: SAETraining, source: Any) -> Task:
                          threshold=training.jumprelu_threshold)
 
     def init_extra(params: Any, hparams: dict, *, shared: Any) -> dict[str, Any]:
-        scale = _scale_of(training, stats_rows(hparams, shared)) if training.april_2024 else jnp.float32(1.0)
+        scale = input_scale(training, stats_rows(hparams, shared)) if training.april_2024 else jnp.float32(1.0)
         return {
             "since_fired": jnp.zeros(training.d_sae, jnp.int32),
             "resampled": jnp.int32(0),
