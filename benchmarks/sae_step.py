@@ -125,7 +125,6 @@ def coefficient_kwargs(kind: str, n: int) -> dict[str, list[float]]:
     return {"l1_coefficient": [L1_COEFFICIENT * 2.0 ** (i - n // 2) for i in range(n)] if n > 1 else [L1_COEFFICIENT]}
 
 
-@dataclasses.dataclass(frozen=True)
 def our_training(kind: str, d_in: int, d_sae: int, batch: int, k_max: int | None = None) -> SAETraining:
     return SAETraining(kind, d_in, d_sae, batch_size=batch, dead_steps=DEAD_STEPS, k_max=k_max)
 
@@ -458,6 +457,35 @@ def breakdown_ours(kind: str, x: np.ndarray, d_sae: int, batch: int, repeats: in
     return out
 
 
+def breakdown_sparse(x: np.ndarray, d_sae: int, batch: int, k: int, repeats: int) -> dict[str, float]:
+    """Seconds of the sparse TopK step's pieces (jitted, one instance, fixed batch): the two
+    primitives it cannot avoid (the encoder GEMM over the whole dictionary and `lax.top_k` of
+    its rows), their sum (a floor for any exact TopK step on this backend), the sparse loss,
+    and the loss + gradient vmapped over one instance, as the engine runs it."""
+    training = our_training("topk", x.shape[1], d_sae, batch, k)
+    trainer, hp_b, state_b = make_ours("topk", x, d_sae, batch, 1, k_max=k)
+    params = jax.tree.map(lambda a: a[0], state_b.params)
+    hp = trainer.task.prepare({n: v[0] for n, v in hp_b.items()}, jax.tree.map(lambda a: a[0], state_b),
+                              shared=trainer.shared)
+    xb = jnp.asarray(x[:batch])
+    arch = training.arch
+    gemm = jax.jit(lambda p, xb: (xb - p.b_dec[None, :]) @ p.W_enc.T)
+    z = gemm(params, xb)
+    top = jax.jit(lambda z: jax.lax.top_k(z, k))
+    fwd = jax.jit(lambda p, xb, h: arch.loss(p, xb, h)[0])
+    grad = jax.jit(jax.vmap(jax.value_and_grad(lambda p, xb, h: arch.loss(p, xb, h)[0]), in_axes=(0, None, 0)))
+    hp_v = jax.tree.map(lambda a: jnp.asarray(a)[None], hp)
+    out = {
+        "encoder_gemm_s": median_time(lambda: gemm(params, xb).block_until_ready(), repeats),
+        "top_k_s": median_time(lambda: jax.block_until_ready(top(z)), repeats),
+    }
+    out["gemm_plus_top_k_s"] = out["encoder_gemm_s"] + out["top_k_s"]
+    out["sparse_forward_s"] = median_time(lambda: fwd(params, xb, hp).block_until_ready(), repeats)
+    out["sparse_forward_backward_vmapped_s"] = median_time(
+        lambda: jax.block_until_ready(grad(state_b.params, xb, hp_v)), repeats)
+    return out
+
+
 def time_sweep(kind: str, x: np.ndarray, d_sae: int, batch: int, steps: int, repeats: int) -> dict[str, Any]:
     """8 SAEs (8 coefficients) as one vmapped call vs 8 sequential single-instance calls."""
     vm_trainer, vm_hp, vm_state = make_ours(kind, x, d_sae, batch, steps, SWEEP_SIZE)
@@ -557,6 +585,12 @@ def section(res: dict[str, Any]) -> tuple[str, str]:
     if b:
         lines.append("Our step, broken down (s, one instance, jitted, median): "
                      + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.3f}" for k, v in b.items()) + ".")
+    b = res.get("breakdown_sparse")
+    if b:
+        lines.append("")
+        lines.append("The sparse step, broken down (s, one instance, jitted, median): "
+                     + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.3f}" for k, v in b.items()
+                                 if v is not None) + ".")
     ct = res.get("compile")
     if ct:
         lines += ["", "Compile (one instance, s; load average at start of each row in the JSON):", "",
@@ -718,6 +752,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res["breakdown_ours"]["six_dense_matmuls_s"] = res["flops_per_step"] / res["matmul_flops_per_s_jax"]
     res["breakdown_ours"]["full_step_s"] = res["ours"]["median_s_per_step"]
     print("breakdown (ours, s): " + ", ".join(f"{k} {v:.4f}" for k, v in res["breakdown_ours"].items()), flush=True)
+    if args.kind == "topk":
+        res["breakdown_sparse"] = breakdown_sparse(x, d_sae, batch, TOPK_K, args.repeats)
+        res["breakdown_sparse"]["full_step_s"] = (res.get("ours_sparse") or res["ours"])["median_s_per_step"]
+        print("breakdown (sparse, s): " + ", ".join(f"{k} {v:.4f}" for k, v in res["breakdown_sparse"].items()
+                                                   if v is not None), flush=True)
 
     if not args.no_sweep:
         sx = x if args.sweep_d_in == d_in else activations(min(args.rows, 16384), args.sweep_d_in)

@@ -278,7 +278,8 @@ def sae_task(training: SAETraining, source: Any) -> Task:
         extra = dict(state.extra)
         params, extra["arch"] = arch.after_update(state.params, extra["arch"], aux, hparams, unit_norm=training.unit_norm)
         exists = latent_mask(hparams, training.d_sae)
-        fired = jnp.any(aux["f"] > 0, axis=0) | ~exists  # a masked latent is never dead
+        fired = aux["fired"] if "fired" in aux else jnp.any(aux["f"] > 0, axis=0)
+        fired = fired | ~exists  # a masked latent is never dead
         extra["since_fired"] = jnp.where(fired, 0, extra["since_fired"] + 1)
         opt_state = state.opt_state
         if training.resample_every:

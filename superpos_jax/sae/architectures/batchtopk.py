@@ -102,8 +102,9 @@ class BatchTopK(KSparseArchitecture):
     ) -> tuple[Any, dict[str, Array]]:
         """As every architecture, then the running threshold from this batch's latents."""
         params, state = super().after_update(params, state, aux, hp, unit_norm=unit_norm)
-        momentum = self.hparam(hp, "threshold_momentum", aux["f"])
-        return params, {**state, "threshold": threshold_update(state["threshold"], aux["f"], momentum)}
+        f = aux.get("f_active", aux["f"])  # the sparse path's kept values: the same smallest positive
+        momentum = self.hparam(hp, "threshold_momentum", f)
+        return params, {**state, "threshold": threshold_update(state["threshold"], f, momentum)}
 
     def encode_inference(
         self, params: Any, state: Mapping[str, Array], x: Float[Array, "batch d_in"], hp: Mapping[str, Any]

@@ -157,12 +157,26 @@ selected ones are recomputed from x by gathers, and carry the gradient."""
 
 
 def selected_pre_activations(
-    params: Any, x: Float[Array, "batch d_in"], idx: Int[Array, "batch K"], n: ArrayLike
+    params: Any, x: Float[Array, "batch d_in"], idx: Int[Array, "batch K"], n: ArrayLike,
+    z: Float[Array, "batch sae"] | None = None,
 ) -> Float[Array, "batch K"]:
-    """z_bj = (x_b − b_dec) · W_enc[idx_bj] + b_enc[idx_bj] by gathers (the dot is 0 for j ≥ n);
-    its gradient reaches W_enc and b_enc only at the selected latents."""
+    """z_bj = (x_b − b_dec) · W_enc[idx_bj] + b_enc[idx_bj] (the dot is 0 for j ≥ n); its
+    gradient reaches W_enc and b_enc only at the selected latents. Given the dense
+    pre-activations `z` of x, the values are picked from it; otherwise computed by gathers."""
     x_bar = x - params.b_dec[None, :]
-    return gather_dot(params.W_enc, x_bar, idx, n) + jnp.take(params.b_enc, idx)
+    b = jnp.take(params.b_enc, idx)
+    value = None if z is None else jnp.take_along_axis(jax.lax.stop_gradient(z), idx, axis=1) - b
+    return gather_dot(params.W_enc, x_bar, idx, n, value=value) + b
+
+
+def selection_terms(sel: Selection, f_sel: Float[Array, "batch K"], d_sae: int) -> dict[str, Array]:
+    """The sparse path's latent statistics for the aux dict: `l0` and `fired` (d_sae,) as
+    `base.loss_terms` computes them from the dense f, without densifying, and `f_active`
+    (batch, K), the kept latents' values (0 elsewhere)."""
+    f_sel = jax.lax.stop_gradient(f_sel)
+    on = f_sel != 0
+    fired = jnp.zeros(d_sae, bool).at[sel.idx].max(on)
+    return {"l0": jnp.mean(jnp.sum(on.astype(f_sel.dtype), axis=-1)), "fired": fired, "f_active": f_sel}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +235,7 @@ class KSparseArchitecture(Architecture):
         """(z, selection, f_sel): dense z for selection only, f at the selected latents."""
         z = pre_activations(params, x)
         sel = self.select(jax.lax.stop_gradient(mask_missing(z, hp)), hp)
-        z_sel = selected_pre_activations(params, x, sel.idx, sel.n)
+        z_sel = selected_pre_activations(params, x, sel.idx, sel.n, z)
         return z, sel, jnp.where(sel.active, jax.nn.relu(z_sel), 0.0)
 
     @staticmethod
@@ -248,8 +262,10 @@ class KSparseArchitecture(Architecture):
             x_hat = gather_decode(params.W_dec.T, f_sel, sel.idx, sel.n) + params.b_dec[None, :]
             k_aux_max = self.k_aux_max or x.shape[-1] // 2
             aux = sparse_auxk_loss(params, x, mask_missing(z, hp), x - x_hat, hp, k_aux_max)
+            # The dense f is for callers that read it; the training step reads `fired`, so
+            # XLA drops the densifying scatter from the step.
             f = self._densify(jax.lax.stop_gradient(f_sel), sel.idx, params.W_enc.shape[0])
-            scalars = sel.scalars
+            scalars = {**sel.scalars, **selection_terms(sel, f_sel, params.W_enc.shape[0])}
         else:
             z = mask_missing(pre_activations(params, x), hp)
             f = jnp.where(self.keep(z, hp), jax.nn.relu(z), 0.0)
