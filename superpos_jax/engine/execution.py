@@ -193,24 +193,32 @@ def memory_budget(mesh: Mesh, fraction: float) -> float:
 _FOOTPRINTS: weakref.WeakKeyDictionary[Trainer, dict[Any, Footprint | None]] = weakref.WeakKeyDictionary()
 
 
-def measure_footprint(trainer: Trainer, hparams_block: Any, keys_block: Any) -> Footprint | None:
+def measure_footprint(trainer: Trainer, hparams_block: Any, keys_block: Any, n_steps: int | None = None
+                      ) -> Footprint | None:
     """Per-instance, per-device bytes of `trainer.run` on a probe block (arrays or
-    `jax.ShapeDtypeStruct`s sharded over `trainer.mesh`), from XLA's memory analysis of the
-    compiled program (None where the backend gives none). Cached per trainer and shape."""
+    `jax.ShapeDtypeStruct`s sharded over `trainer.mesh`) of `n_steps` (default `log_every`;
+    the working set does not depend on it), from XLA's memory analysis of the compiled program
+    (None where the backend gives none). Cached per trainer and shape. The probe's program is
+    handed to the trainer (`Trainer.keep_compiled`): a sweep whose block and first call have the
+    probe's shapes runs it rather than compiling it again."""
     n = int(np.shape(keys_block)[0])
-    signature = (n, str(jax.tree.map(lambda a: (a.shape, str(a.dtype)), (hparams_block, keys_block))))
+    n_steps = trainer.log_every if n_steps is None else n_steps
+    signature = (n, n_steps, str(jax.tree.map(lambda a: (a.shape, str(a.dtype)), (hparams_block, keys_block))))
     cache = _FOOTPRINTS.setdefault(trainer, {})
     if signature not in cache:
-        cache[signature] = _probe(trainer, hparams_block, keys_block, n // trainer.mesh.size)
+        cache[signature] = _probe(trainer, hparams_block, keys_block, n // trainer.mesh.size, n_steps)
     return cache[signature]
 
 
-def _probe(trainer: Trainer, hparams_block: Any, keys_block: Any, per_device: int) -> Footprint | None:
+def _probe(trainer: Trainer, hparams_block: Any, keys_block: Any, per_device: int, n_steps: int) -> Footprint | None:
     state = jax.eval_shape(trainer.init, hparams_block, keys_block)
     try:
-        stats = trainer.lower_run(state, hparams_block, trainer.log_every).compile().memory_analysis()
+        compiled = trainer.lower_run(state, hparams_block, n_steps).compile()
+        stats = compiled.memory_analysis()
     except (NotImplementedError, RuntimeError):
         return None
+    if trainer.task.stream is None:
+        trainer.keep_compiled(compiled, state, hparams_block, n_steps)
     if stats is None:
         return None
     shared = sum(a.nbytes for a in jax.tree.leaves(trainer.shared))  # once per device, not per instance
@@ -219,27 +227,41 @@ def _probe(trainer: Trainer, hparams_block: Any, keys_block: Any, per_device: in
     return Footprint(call=working / per_device, resident=args / per_device)
 
 
-def plan_sweep(trainer: Trainer, hparams: Any, keys: Any, execution: Execution) -> BlockPlan:
+def plan_sweep(trainer: Trainer, hparams: Any, keys: Any, execution: Execution, n_steps: int | None = None
+               ) -> BlockPlan:
     """The block plan of a sweep of `trainer` (already on `execution`'s mesh) over host
     `hparams` and `keys` (one per instance): the cap, or one block when the instances fit on
-    the devices at one each, or else blocks sized from a probe's measured footprint."""
+    the devices at one each, or else blocks sized from a probe's measured footprint (a probe
+    of `n_steps`, the sweep's first call, when given: see `measure_footprint`)."""
     key_data = np.asarray(jax.random.key_data(keys))
     n, n_devices = key_data.shape[0], trainer.mesh.size
     if execution.max_instances_per_call is not None:
         return plan_blocks(n, n_devices, max_instances_per_call=execution.max_instances_per_call)
     if n <= n_devices:
         return plan_blocks(n, n_devices)
-    probe = min(8, -(-n // n_devices)) * n_devices
+    on_cpu = trainer.mesh.devices.flat[0].platform == "cpu"
     sharding = instance_sharding(trainer.mesh)
-    rows = np.minimum(np.arange(probe), n - 1)
     abstract = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)  # noqa: E731
-    probe_hp = jax.tree.map(lambda a: abstract(np.asarray(a)[rows]), hparams)
     impl = jax.random.key_impl(keys)
-    probe_keys = abstract(jax.eval_shape(lambda d: jax.random.wrap_key_data(d, impl=impl), key_data[rows]))
-    footprint = measure_footprint(trainer, probe_hp, probe_keys)
+
+    def probe_block(size: int) -> tuple[Any, Any]:
+        rows = np.minimum(np.arange(size), n - 1)
+        probe_keys = abstract(jax.eval_shape(lambda d: jax.random.wrap_key_data(d, impl=impl), key_data[rows]))
+        return jax.tree.map(lambda a: abstract(np.asarray(a)[rows]), hparams), probe_keys
+
+    probe = min(8, -(-n // n_devices)) * n_devices
+    if on_cpu and execution.cpu_block_bytes is not None:
+        # An instance whose state alone is a good share of the CPU block target will run one
+        # per device: probe that block, whose program the sweep then runs (see
+        # `measure_footprint`); small instances are probed several per device, so that fixed
+        # costs do not count as theirs.
+        state = jax.eval_shape(trainer.init, *probe_block(n_devices))
+        per_instance = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state)) / n_devices
+        if 4 * per_instance >= execution.cpu_block_bytes:
+            probe = n_devices
+    footprint = measure_footprint(trainer, *probe_block(probe), n_steps)
     if footprint is None:
         return plan_blocks(n, n_devices)
-    on_cpu = trainer.mesh.devices.flat[0].platform == "cpu"
     return plan_blocks(
         n, n_devices, footprint=footprint, budget_bytes=memory_budget(trainer.mesh, execution.memory_fraction),
         target_bytes=execution.cpu_block_bytes if on_cpu else None,

@@ -257,7 +257,8 @@ def run_sweep(
 
     trainer = trainer.on(execution.resolved_mesh())
     sharding = instance_sharding(trainer.mesh)
-    plan = plan_sweep(trainer, hparams, keys, execution)
+    first_call = None if stream is not None else min(chunk_steps, n_steps)
+    plan = plan_sweep(trainer, hparams, keys, execution, n_steps=first_call)
     hp_blocks = [to_global(b, sharding) for b in plan.split(plan.pad(hparams))]
     key_blocks = [jax.random.wrap_key_data(to_global(b, sharding), impl=impl) for b in plan.split(plan.pad(key_data))]
     if progress:

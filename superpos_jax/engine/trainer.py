@@ -123,6 +123,7 @@ class Trainer:
             shard["in_shardings"] = (*shard["in_shardings"], replicated)
         # pjit takes no keyword arguments once in_shardings is given: n_steps is positional.
         self._run_jit = jax.jit(self._run, static_argnums=4, donate_argnums=0, **shard)
+        self._compiled: dict[Any, jax.stages.Compiled] = {}
 
     def init(self, hparams: Hparams, keys: Key[Array, " instance"]) -> TrainState:
         """The initial state of every instance (batched over the leading axis of `keys`)."""
@@ -138,7 +139,22 @@ class Trainer:
         each entry the mean loss over a window of `log_every` steps; with `observe`,
         `(state, (loss_trace, observations))`.
         """
+        if self._compiled:
+            key = _signature(state, hparams, streamed, n_steps)
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                try:
+                    return compiled(state, hparams, self.shared, streamed)
+                except (TypeError, ValueError):  # checked before it runs: nothing was donated
+                    del self._compiled[key]
         return self._run_jit(state, hparams, self.shared, streamed, n_steps)
+
+    def keep_compiled(self, compiled: jax.stages.Compiled, state: Any, hparams: Any, n_steps: int,
+                      streamed: PyTree = None) -> None:
+        """Let `run` call `compiled` (of `lower_run(state, hparams, n_steps, streamed)`, arrays or
+        `jax.ShapeDtypeStruct`s) for calls of these shapes, instead of compiling the same program
+        again (the jit cache does not know programs compiled ahead of time)."""
+        self._compiled[_signature(state, hparams, streamed, n_steps)] = compiled
 
     def lower_init(self, hparams: PyTree, keys: Key[Array, " instance"] | jax.ShapeDtypeStruct) -> jax.stages.Lowered:
         """The program of `init` lowered for these inputs (arrays or `jax.ShapeDtypeStruct`s),
@@ -263,6 +279,11 @@ class Trainer:
         if self.task.fed:
             return self._run_fed(state, hparams, shared, streamed, n_steps)
         return jax.vmap(self._run_one, in_axes=(0, 0, None, None))(state, hparams, shared, n_steps)
+
+
+def _signature(state: Any, hparams: Any, streamed: Any, n_steps: int) -> Any:
+    leaves, tree = jax.tree.flatten((state, hparams, streamed))
+    return n_steps, tree, tuple((tuple(a.shape), str(a.dtype)) for a in leaves)
 
 
 def _place(tree: PyTree, sharding: NamedSharding | None) -> PyTree:

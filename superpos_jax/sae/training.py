@@ -2,9 +2,12 @@
 source into a `Task`, so a λ (or k) × seed × learning-rate sweep of one dictionary size trains
 as one compiled, vmapped call (`make_trainer`, `run_sweep`).
 
-The source is the task's `shared` argument: every task function reads the activations through
-it (the engine passes `shared=` to each), so no activation array is ever a constant of a
-compiled program, whatever its size.
+The source is part of the task's `shared` argument (`{"source": ..., "statistics": ...}`, or a
+`FedSource`'s own `shared`): every task function reads the activations through it (the engine
+passes `shared=` to each), so no activation array is ever a constant of a compiled program,
+whatever its size. The data statistics (input scale, b_dec's geometric median) are computed
+once per task by one small program shared by every architecture on the same source, not inside
+each sweep's vmapped init (a fed source's, which may differ per instance, are computed there).
 
 The recipes (PAPERS.md §2), all inside the compiled loop:
 
@@ -218,12 +221,25 @@ def input_scale(training: SAETraining, x: Float[Array, "n d_in"]) -> Float[Array
     return jnp.sqrt(training.d_in / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x), axis=-1)), 1e-12))
 
 
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _data_statistics(april_2024: bool, d_in: int, n: int, source: Any) -> dict[str, Array]:
+    """The statistics an SAE starts from, of n rows of `source` drawn with the fixed key: the
+    input scale (April 2024) or b_dec's geometric median (2023). One program per source type,
+    shapes and recipe, shared by every architecture and instance that trains on it."""
+    x = source.sample(jax.random.key(_STATS_KEY), n)
+    if april_2024:
+        scale = jnp.sqrt(d_in / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x), axis=-1)), 1e-12))
+        return {"input_scale": scale}
+    return {"b_dec": geometric_median(x)}
+
+
 def sae_task(training: SAETraining, source: Any) -> Task:
     """The `Task` that trains SAEs of `training` on activations from `source` (an activation
     source of `superpos_jax.sae.sources` with `d_in == training.d_in`, or a `FedSource`). The
-    source's arrays are the task's `shared`: every function below reads them from its `shared`
-    argument. A `FedSource`'s `feed` runs once per step for all instances (`Task.feed`) and its
-    host `stream`, if any, is read per compiled call (`Task.stream`)."""
+    source (with the data statistics, computed here once) is the task's `shared`, or a
+    `FedSource`'s own `shared`: every function below reads it from its `shared` argument. A
+    `FedSource`'s `feed` runs once per step for all instances (`Task.feed`) and its host
+    `stream`, if any, is read per compiled call (`Task.stream`)."""
     if int(source.d_in) != training.d_in:
         raise ValueError(f"the source gives d_in={source.d_in} but the SAE expects d_in={training.d_in}")
     arch = training.arch
@@ -232,21 +248,23 @@ def sae_task(training: SAETraining, source: Any) -> Task:
     if given != training.batch_size:
         raise ValueError(f"the source gives batches of {given} rows but the SAE trains on batch_size={training.batch_size}")
 
-    def stats_rows(hparams: dict, shared: Any) -> Array:
-        key = jax.random.key(_STATS_KEY)
-        if fed:
-            return source.stats(key, training.stats_samples, hparams, shared)
-        return shared.sample(key, training.stats_samples)
+    def statistics(hparams: dict, shared: Any) -> dict[str, Array]:
+        if not fed:  # computed once, before the sweep (`_data_statistics`)
+            return shared["statistics"]
+        # a fed source's rows may depend on the instance (e.g. its layer): per instance, here
+        x = source.stats(jax.random.key(_STATS_KEY), training.stats_samples, hparams, shared)
+        return {"input_scale": input_scale(training, x)} if training.april_2024 else {"b_dec": geometric_median(x)}
+
+    def rows(shared: Any) -> Any:
+        return shared["source"]
 
     def init(hparams: dict, *, key: PRNGKeyArray, shared: Any) -> Any:
-        b_dec = None
-        if not training.april_2024:
-            b_dec = geometric_median(stats_rows(hparams, shared))
+        b_dec = None if training.april_2024 else statistics(hparams, shared)["b_dec"]
         return arch.init(training.d_in, training.d_sae, key=key, recipe=training.recipe, b_dec=b_dec,
                          threshold=training.jumprelu_threshold)
 
     def init_extra(params: Any, hparams: dict, *, shared: Any) -> dict[str, Any]:
-        scale = input_scale(training, stats_rows(hparams, shared)) if training.april_2024 else jnp.float32(1.0)
+        scale = statistics(hparams, shared)["input_scale"] if training.april_2024 else jnp.float32(1.0)
         return {
             "since_fired": jnp.zeros(training.d_sae, jnp.int32),
             "resampled": jnp.int32(0),
@@ -269,7 +287,7 @@ def sae_task(training: SAETraining, source: Any) -> Task:
     def sample(hparams: dict, *, key: PRNGKeyArray, shared: Any, data: Any = None) -> Array:
         if fed:
             return source.take(data, key, training.batch_size, hparams, shared) * hparams["input_scale"]
-        return shared.sample(key, training.batch_size) * hparams["input_scale"]
+        return rows(shared).sample(key, training.batch_size) * hparams["input_scale"]
 
     def loss(params: Any, x: Array, hparams: dict, *, shared: Any) -> tuple[Array, dict[str, Array]]:
         return arch.loss(params, x, hparams)
@@ -299,9 +317,13 @@ def sae_task(training: SAETraining, source: Any) -> Task:
     def feed(step: Array, streamed: Any, *, shared: Any) -> Any:
         return source.feed(step, streamed, shared)
 
-    shared_arrays = source.shared if fed else source
-    if shared_arrays is None:
-        raise ValueError("a FedSource needs `shared` arrays (at least the rows its `stats` reads)")
+    if fed:
+        shared_arrays = source.shared
+        if shared_arrays is None:
+            raise ValueError("a FedSource needs `shared` arrays (at least the rows its `stats` reads)")
+    else:
+        stats = _data_statistics(training.april_2024, training.d_in, training.stats_samples, source)
+        shared_arrays = {"source": source, "statistics": stats}
     return Task(
         init=init, sample=sample, loss=loss, has_aux=True, shared=shared_arrays,
         transform=transform if training.unit_norm else None,

@@ -127,3 +127,27 @@ def test_footprints_are_cached_by_execution_per_trainer():
     del trainer
     gc.collect()
     assert alive() is None  # the cache does not keep the trainer alive
+
+
+def test_a_sweep_runs_the_probe_program_instead_of_compiling_it_again():
+    """The footprint probe compiles the sweep's own program when its block and first call have
+    the sweep's shapes; `run_sweep` then runs it, and the results equal those of a sweep that
+    compiles through the jit (no probe: the block size given)."""
+    from superpos_jax import geometric_importance, toy_hparams, toy_task
+    from superpos_jax.engine.sweep import run_sweep
+
+    mesh = sweep_mesh(2)
+    hp = toy_hparams([0.1, 0.3, 0.5, 0.7], geometric_importance(6, 0.9), ["relu"] * 4, 1e-3)
+    results, trainers = [], []
+    for cap in (None, 4):
+        trainer = make_trainer(toy_task(6, 2, 32), OptimConfig(), log_every=5).on(mesh)
+        out = run_sweep(trainer, hp, instance_keys(range(4)), n_steps=20, chunk_steps=10, progress=False,
+                        execution=execution.Execution(mesh=mesh, max_instances_per_call=cap))
+        assert out.plan.n_blocks == 1
+        results.append(out)
+        trainers.append(trainer)
+    assert trainers[0]._run_jit._cache_size() == 0  # every call ran the probe's program
+    assert trainers[1]._run_jit._cache_size() == 1
+    for a, b in zip(jax.tree.leaves(results[0].state), jax.tree.leaves(results[1].state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(results[0].losses, results[1].losses)
