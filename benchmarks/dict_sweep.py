@@ -84,7 +84,7 @@ def _time(trainer: Any, hp: dict, keys: jax.Array, steps: int, repeats: int) -> 
     return first, again, state, trace
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--architecture", default="relu")
     parser.add_argument("--sizes", default="32,64,128,256,512")
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--k", type=float, default=4.0)
     parser.add_argument("--l1", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=2e-3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     n_max = max(sizes)
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores; "

@@ -62,7 +62,7 @@ def _timed(fn, repeats: int) -> tuple[float, list[float]]:
     return float(np.median(times)), loads
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--d-model", type=int, default=64)
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--n-contexts", type=int, default=None, help="windows per step (default: LMActivations')")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--corpus-tokens", type=int, default=2_000_000)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     d = args.d_model
     cfg = TransformerConfig(n_layers=args.layers, d_model=d, n_heads=max(1, d // 16), d_head=16, d_mlp=4 * d,
