@@ -70,7 +70,9 @@ __all__ = [
     "CFG_FILENAME",
     "WEIGHTS_FILENAME",
     "SAELensFormatError",
+    "UNSUPPORTED",
     "check_cfg_types",
+    "check_supported",
     "from_saelens",
     "saelens_cfg",
     "save_saelens",
@@ -191,6 +193,39 @@ CFG_FIELDS: dict[str, _FieldRule] = {
 kept as it is."""
 
 
+_NONE_STRINGS = (None, "none")
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "apply_b_dec_to_input": (lambda v: v is True, "true (b_dec is always subtracted from the input here)"),
+    "normalize_activations": (lambda v: v in _NONE_STRINGS,
+                              '"none" or null (no input normalisation is implemented here)'),
+    "rescale_acts_by_decoder_norm": (lambda v: v is False or v is None,
+                                     "false (latents are not rescaled by decoder norms here)"),
+    "reshape_activations": (lambda v: v in _NONE_STRINGS, '"none" (hook_z reshaping is not implemented here)'),
+    "finetuning_scaling_factor": (lambda v: v is False or v is None, "false (no fine-tuning scale is applied here)"),
+    "hook_head_index": (lambda v: v is None, "null (single-head hook points are not implemented here)"),
+    "activation_fn_str": (lambda v: v in ("relu", "topk"), '"relu", or "topk" for topk'),
+}
+"""cfg.json fields that change what an SAE computes → (accepted, what is allowed). A value this
+module does not implement is refused (`check_supported`) rather than loaded into an SAE whose
+encodings would be wrong."""
+
+
+def check_supported(cfg: Mapping[str, Any], where: str = "cfg") -> None:
+    """Refuse a cfg whose fields ask for behaviour not implemented here (`UNSUPPORTED`), naming
+    `where`, the field, its value and what is allowed; TopK's `activation_fn_str` must be
+    "topk" and the others' "relu"."""
+    for field, (test, allowed) in UNSUPPORTED.items():
+        if field in cfg and not test(cfg[field]):
+            raise SAELensFormatError(f"{where}: field {field!r} = {bounded_json.short(cfg[field])} is not supported: "
+                                     f"must be {allowed}")
+    fn = cfg.get("activation_fn_str")
+    if fn is not None and cfg.get("architecture") in ARCHITECTURES:
+        expected = "topk" if cfg["architecture"] == "topk" else "relu"
+        if fn != expected:
+            raise SAELensFormatError(f"{where}: field 'activation_fn_str' = {bounded_json.short(fn)} is not supported "
+                                     f"for a {cfg['architecture']} SAE: must be {expected!r}")
+
+
 def check_cfg_types(cfg: Mapping[str, Any], where: str = "cfg") -> None:
     """Check the type of every known field present in `cfg` (`CFG_FIELDS`), before any is used.
     Raises `SAELensFormatError` naming `where`, the field, its value and what is allowed."""
@@ -260,6 +295,7 @@ def saelens_cfg(cfg: Mapping[str, Any], *, d_in: int, d_sae: int, dtype: str) ->
     out["activation_fn_kwargs"] = {}
     out.update(cfg)
     check_cfg_types(out)
+    check_supported(out)
     if architecture == "topk":
         k = _topk_k(out, d_sae)
         out["k"] = k
@@ -312,6 +348,7 @@ def weights_from_saelens(
     d_in/d_sae, or a bad cfg field (`d_in`, `d_sae`, `architecture`, topk `k`).
     """
     check_cfg_types(cfg)
+    check_supported(cfg)
     architecture = _architecture(cfg)
     d_in, d_sae = _positive_int(cfg, "d_in"), _positive_int(cfg, "d_sae")
     if architecture == "topk":
@@ -371,6 +408,7 @@ def from_saelens(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarra
             if field not in cfg and field in metadata:
                 cfg[field] = metadata[field]
     check_cfg_types(cfg, str(cfg_path))
+    check_supported(cfg, str(cfg_path))
     if "hook_name" not in cfg:
         raise SAELensFormatError(f"{cfg_path}: required field 'hook_name' is missing (at top level and in 'metadata')")
     try:

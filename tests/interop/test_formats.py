@@ -313,7 +313,8 @@ def test_saelens_load_errors(tmp_path, rng):
         sl.from_saelens(_write_dir(tmp_path / "arch", tensors, {**cfg, "architecture": "relu"}))
     topk_tensors = {k: v for k, v in tensors.items() if k != "threshold"}
     with pytest.raises(sl.SAELensFormatError, match="topk cfg is missing 'k'"):
-        sl.from_saelens(_write_dir(tmp_path / "nok", topk_tensors, {**cfg, "architecture": "topk"}))
+        sl.from_saelens(_write_dir(tmp_path / "nok", topk_tensors,
+                                   {**cfg, "architecture": "topk", "activation_fn_str": "topk"}))
     with pytest.raises(FileNotFoundError, match="has no cfg.json"):
         directory = tmp_path / "nocfg"
         directory.mkdir()
@@ -356,3 +357,36 @@ def test_saelens_accepts_jax_arrays(tmp_path, rng):
     directory = sl.save_saelens(tmp_path / "sae", {k: jnp.asarray(v) for k, v in weights.items()}, _cfg("gated"))
     loaded, _ = sl.from_saelens(directory)
     assert all(np.array_equal(loaded[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("apply_b_dec_to_input", False),
+    ("normalize_activations", "layer_norm"),
+    ("normalize_activations", "expected_average_only_in"),
+    ("rescale_acts_by_decoder_norm", True),
+    ("reshape_activations", "hook_z"),
+    ("finetuning_scaling_factor", True),
+    ("hook_head_index", 3),
+    ("activation_fn_str", "tanh-relu"),
+])
+def test_saelens_cfg_asking_for_unimplemented_behaviour_is_refused(tmp_path, rng, field, value):
+    """Loading and saving refuse a field whose value would make our encodings wrong, naming it."""
+    weights = _our_weights("standard", 3, 4, rng)
+    tensors, cfg = sl.to_saelens(weights, _cfg("standard"))
+    directory = _write_dir(tmp_path / "sae", tensors, {**cfg, field: value})
+    with pytest.raises(sl.SAELensFormatError, match=rf"field '{field}' = .* is not supported: must be"):
+        sl.from_saelens(directory)
+    with pytest.raises(sl.SAELensFormatError, match=rf"field '{field}' = .* is not supported"):
+        sl.to_saelens(weights, {**_cfg("standard"), field: value})
+    # the implemented values of the same fields load
+    ok = {"apply_b_dec_to_input": True, "normalize_activations": "none", "rescale_acts_by_decoder_norm": False,
+          "reshape_activations": "none", "finetuning_scaling_factor": False, "hook_head_index": None,
+          "activation_fn_str": "relu"}
+    loaded, _ = sl.from_saelens(_write_dir(tmp_path / "ok", tensors, {**cfg, field: ok[field]}))
+    np.testing.assert_array_equal(loaded["W_enc"], weights["W_enc"])
+
+
+def test_saelens_activation_fn_must_match_the_architecture(tmp_path, rng):
+    tensors, cfg = sl.to_saelens(_our_weights("topk", 3, 4, rng), {**_cfg("topk"), "k": 2})
+    with pytest.raises(sl.SAELensFormatError, match="'activation_fn_str' = 'relu' is not supported for a topk SAE"):
+        sl.from_saelens(_write_dir(tmp_path / "sae", tensors, {**cfg, "activation_fn_str": "relu"}))
