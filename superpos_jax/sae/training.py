@@ -214,23 +214,26 @@ def sae_hparams(
     return out
 
 
+def _scale(d_in: int, x: Float[Array, "n d_in"]) -> Float[Array, ""]:
+    return jnp.sqrt(d_in / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x), axis=-1)), 1e-12))
+
+
 def input_scale(training: SAETraining, x: Float[Array, "n d_in"]) -> Float[Array, ""]:
     """The factor s with E‖s x‖² = d_in over the statistics rows x (1 outside April 2024)."""
-    if not training.april_2024:
-        return jnp.float32(1.0)
-    return jnp.sqrt(training.d_in / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x), axis=-1)), 1e-12))
+    return _scale(training.d_in, x) if training.april_2024 else jnp.float32(1.0)
+
+
+def _statistics_of(april_2024: bool, d_in: int, x: Float[Array, "n d_in"]) -> dict[str, Array]:
+    """What an SAE starts from, given the statistics rows x: the input scale (April 2024) or
+    b_dec's geometric median (2023)."""
+    return {"input_scale": _scale(d_in, x)} if april_2024 else {"b_dec": geometric_median(x)}
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
 def _data_statistics(april_2024: bool, d_in: int, n: int, source: Any) -> dict[str, Array]:
-    """The statistics an SAE starts from, of n rows of `source` drawn with the fixed key: the
-    input scale (April 2024) or b_dec's geometric median (2023). One program per source type,
-    shapes and recipe, shared by every architecture and instance that trains on it."""
-    x = source.sample(jax.random.key(_STATS_KEY), n)
-    if april_2024:
-        scale = jnp.sqrt(d_in / jnp.maximum(jnp.mean(jnp.sum(jnp.square(x), axis=-1)), 1e-12))
-        return {"input_scale": scale}
-    return {"b_dec": geometric_median(x)}
+    """`_statistics_of` n rows of `source` drawn with the fixed key: one program per source
+    type, shapes and recipe, shared by every architecture and instance that trains on it."""
+    return _statistics_of(april_2024, d_in, source.sample(jax.random.key(_STATS_KEY), n))
 
 
 def sae_task(training: SAETraining, source: Any) -> Task:
@@ -253,10 +256,7 @@ def sae_task(training: SAETraining, source: Any) -> Task:
             return shared["statistics"]
         # a fed source's rows may depend on the instance (e.g. its layer): per instance, here
         x = source.stats(jax.random.key(_STATS_KEY), training.stats_samples, hparams, shared)
-        return {"input_scale": input_scale(training, x)} if training.april_2024 else {"b_dec": geometric_median(x)}
-
-    def rows(shared: Any) -> Any:
-        return shared["source"]
+        return _statistics_of(training.april_2024, training.d_in, x)
 
     def init(hparams: dict, *, key: PRNGKeyArray, shared: Any) -> Any:
         b_dec = None if training.april_2024 else statistics(hparams, shared)["b_dec"]
@@ -287,7 +287,7 @@ def sae_task(training: SAETraining, source: Any) -> Task:
     def sample(hparams: dict, *, key: PRNGKeyArray, shared: Any, data: Any = None) -> Array:
         if fed:
             return source.take(data, key, training.batch_size, hparams, shared) * hparams["input_scale"]
-        return rows(shared).sample(key, training.batch_size) * hparams["input_scale"]
+        return shared["source"].sample(key, training.batch_size) * hparams["input_scale"]
 
     def loss(params: Any, x: Array, hparams: dict, *, shared: Any) -> tuple[Array, dict[str, Array]]:
         return arch.loss(params, x, hparams)

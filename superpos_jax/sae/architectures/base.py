@@ -151,10 +151,10 @@ def loss_terms(x: Array, x_hat: Array, f: Array, **scalars: Array) -> dict[str, 
     computed without f) are kept."""
     f = jax.lax.stop_gradient(f)
     sq_err = jax.lax.stop_gradient(jnp.sum(jnp.square(x - x_hat), axis=-1))
-    out = {"l0": None, "fired": None, **scalars, "f": f, "sq_err": sq_err}
-    if out["l0"] is None:
+    out = {**scalars, "f": f, "sq_err": sq_err}
+    if "l0" not in out:
         out["l0"] = jnp.mean(jnp.sum((f != 0).astype(f.dtype), axis=-1))
-    if out["fired"] is None:
+    if "fired" not in out:
         out["fired"] = jnp.any(f > 0, axis=0)
     return out
 
