@@ -1,4 +1,5 @@
-"""Language models with hooks: the transformer, its Task, corpus and tokenizers, interventions,
+"""Language models with hooks: the transformer (GPT-2 family; Hugging Face and TransformerLens
+checkpoints in `pretrained`), its Task, corpus and tokenizers, interventions,
 steering, activations (harvest, loss under hooks, CE loss recovered; computed inside an SAE's
 training loop by `feed.LMActivations`), induction heads, concept
 erasure and the feature browser."""
@@ -18,4 +19,5 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "induction": [],
     "browser": [],
     "io": ["load_transformer", "save_transformer"],
+    "pretrained": ["from_tl_state_dict", "load_hf_gpt2", "save_hf_gpt2", "to_tl_state_dict"],
 })

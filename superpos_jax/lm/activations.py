@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Int
 
 from superpos_jax.lm.interventions import SpliceSAE, ZeroAblate
-from superpos_jax.lm.transformer import TransformerParams, canonical_name, forward, per_token_loss
+from superpos_jax.lm.transformer import TransformerParams, forward, per_token_loss
 from superpos_jax.sae.model import SAE
 
 
@@ -48,7 +48,7 @@ def _batch_loss(model: TransformerParams, windows: Array, hooks: dict[str, Any])
 
 @partial(jax.jit, static_argnames="hook")
 def _activations(model: TransformerParams, windows: Array, hook: str) -> Array:
-    return forward(model, windows, cache_names=(hook,))[1][canonical_name(hook)]
+    return forward(model, windows, cache_names=(hook,))[1][hook]
 
 
 def _batches(n: int, batch: int) -> list[slice]:

@@ -1,5 +1,10 @@
 """Save and load a trained transformer: `config.json` (the `TransformerConfig`) and
-`weights.safetensors` (every parameter under its pytree path, e.g. `.blocks[0].attn.W_Q`).
+`weights.safetensors` (every parameter under its TransformerLens state-dict name, e.g.
+`embed.W_E`, `blocks.0.attn.W_Q`, `ln_final.w`, `unembed.W_U`; see `pretrained.to_tl_state_dict`).
+
+Files written before the TransformerLens names (tensors under their pytree paths, e.g.
+`.blocks[0].attn.W_Q`) still load, as do configs written before the fields `ln_eps` and
+`tied_unembed` existed (they take their defaults).
 
 Loading trusts neither file: config.json is read with bounds (size, nesting), each field's type
 is checked against `TransformerConfig` (no missing, extra, list-for-int, ...; sizes at most
@@ -24,6 +29,7 @@ import numpy as np
 from superpos_jax.config import ConfigError
 from superpos_jax.interop import bounded_json
 from superpos_jax.interop.safetensors import load_file, save_file, write_atomic
+from superpos_jax.lm.pretrained import tl_param_names, to_tl_state_dict
 from superpos_jax.lm.transformer import TransformerConfig, TransformerParams, init_transformer
 
 __all__ = ["CONFIG", "WEIGHTS", "TransformerFormatError", "load_transformer", "save_transformer"]
@@ -33,22 +39,18 @@ WEIGHTS = "weights.safetensors"
 _MAX_CONFIG_BYTES = 1_000_000
 _MAX_SIZE = 2**31 - 1
 _FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
+_ADDED_FIELDS = frozenset({"ln_eps", "tied_unembed"})  # absent from configs saved before them
 
 
 class TransformerFormatError(ValueError):
     """A saved transformer's config.json or weights do not describe a valid model."""
 
 
-def _named(params: TransformerParams) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
-
-
 def save_transformer(directory: str | os.PathLike[str], params: TransformerParams) -> Path:
     """Write one model's config and weights into `directory` (created; files written atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(_named(params), directory / WEIGHTS)
+    save_file(to_tl_state_dict(params), directory / WEIGHTS)
     write_atomic(directory / CONFIG, [json.dumps(dataclasses.asdict(params.cfg), indent=2).encode()])
     return directory
 
@@ -61,10 +63,10 @@ def _read_config(path: Path) -> TransformerConfig:
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     if extra := sorted(set(raw) - fields):
         raise TransformerFormatError(f"{path}: unknown field(s) {extra}; allowed: {sorted(fields)}")
-    if missing := sorted(fields - set(raw)):
+    if missing := sorted(fields - set(raw) - _ADDED_FIELDS):
         raise TransformerFormatError(f"{path}: missing field(s) {missing}")
     values: dict[str, Any] = {}
-    for name in sorted(fields):
+    for name in sorted(fields & set(raw)):
         value, kind = raw[name], hints[name]  # Annotated stripped
         if kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_SIZE
@@ -116,13 +118,19 @@ def load_transformer(directory: str | os.PathLike[str]) -> TransformerParams:
     where = directory / WEIGHTS
     _check_sizes_fit(cfg, tensors, where)
     template = jax.eval_shape(lambda: init_transformer(cfg, key=jax.random.key(0)))
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    expected = {jax.tree_util.keystr(path) for path, _ in paths}
-    if extra := sorted(set(tensors) - expected):
+    specs, treedef = jax.tree_util.tree_flatten(template)
+    names = tl_param_names(template)
+    if any(name.startswith(".") for name in tensors):  # written under pytree paths
+        legacy = {jax.tree_util.keystr(path): name
+                  for (path, _), name in zip(jax.tree_util.tree_leaves_with_path(template), names, strict=True)}
+        renamed = {legacy.get(name, name): tensor for name, tensor in tensors.items()}
+        if len(renamed) != len(tensors):
+            raise TransformerFormatError(f"{where}: holds tensors under both the old and the new name of a parameter")
+        tensors = renamed
+    if extra := sorted(set(tensors) - set(names)):
         raise TransformerFormatError(f"{where}: unexpected tensor(s) {extra[:5]} for the model in {CONFIG}")
     leaves = []
-    for path, spec in paths:
-        name = jax.tree_util.keystr(path)
+    for name, spec in zip(names, specs, strict=True):
         if name not in tensors or tensors[name].shape != spec.shape:
             got = tensors[name].shape if name in tensors else "missing"
             raise TransformerFormatError(f"{where}: tensor {name} is {got}, expected {spec.shape} (from {CONFIG})")

@@ -1,4 +1,4 @@
-"""A tiny decoder-only transformer whose forward takes hooks and returns a cache.
+"""A decoder-only transformer (GPT-2 family) whose forward takes hooks and returns a cache.
 
     forward(params, tokens, hooks={}) -> (logits, cache)
 
@@ -9,43 +9,84 @@ call site. The architecture is GPT-2's pre-LayerNorm block (TransformerLens conv
     resid_pre  = embed + pos_embed                      (block 0; else the last resid_post)
     attn_out   = Attn(LN₁(resid_pre))                   causal, per-head W_Q W_K W_V W_O
     resid_mid  = resid_pre + attn_out
-    mlp_out    = W_out act(W_in LN₂(resid_mid) + b_in) + b_out     act = relu | gelu (tanh approx.)
+    mlp_out    = W_out act(W_in LN₂(resid_mid) + b_in) + b_out
     resid_post = resid_mid + mlp_out
     logits     = LN_final(resid_post of the last block) W_U + b_U
 
-An attention-only model (`attn_only=True`) has no LN₂/MLP: resid_post = resid_pre + attn_out and
-`resid_mid` (which would equal resid_post) is not a hook point. LayerNorm uses ε = 1e-5.
+    LN(x)      = (x − mean(x)) / scale · w + b,   scale = √(var(x) + ln_eps)
 
-Hook points (`hook_names(cfg)`, shapes in `hook_shapes`) — short TransformerLens names:
+`act` is relu, gelu (the tanh approximation: GPT-2's and TransformerLens's "gelu_new") or
+gelu_exact (the erf form: "gelu"). An attention-only model (`attn_only=True`) has no LN₂/MLP:
+resid_post = resid_pre + attn_out, and `resid_mid` (which would equal resid_post) is not a hook
+point. A real GPT-2 checkpoint is `TransformerConfig(act="gelu", tied_unembed=True, ...)` with
+b_U = 0 (`superpos_jax.lm.pretrained` reads and writes Hugging Face and TransformerLens files).
 
-=========================  ==================================  ==================================
-name                       shape                               what
-=========================  ==================================  ==================================
-embed, pos_embed           (batch, pos, d_model)               W_E[tokens], W_pos[:pos]
-blocks.{i}.resid_pre       (batch, pos, d_model)               residual stream entering block i
-blocks.{i}.attn.q/k/v      (batch, pos, n_heads, d_head)       LN₁(x) W + b, per head
-blocks.{i}.attn.scores     (batch, n_heads, q_pos, k_pos)      q·k/√d_head, BEFORE the causal mask
-blocks.{i}.attn.pattern    (batch, n_heads, q_pos, k_pos)      softmax over k of the masked scores
-blocks.{i}.attn.z          (batch, pos, n_heads, d_head)       Σ_k pattern · v
-blocks.{i}.attn_out        (batch, pos, d_model)               Σ_h z_h W_O,h + b_O
-blocks.{i}.resid_mid       (batch, pos, d_model)               (not in attention-only models)
-blocks.{i}.mlp.pre/post    (batch, pos, d_mlp)                 before / after the activation
-blocks.{i}.mlp_out         (batch, pos, d_model)
-blocks.{i}.resid_post      (batch, pos, d_model)
-ln_final.out               (batch, pos, d_model)               input of the unembedding
-=========================  ==================================  ==================================
+Hook points (`hook_names(cfg)`, shapes in `hook_shapes`), short names with their
+TransformerLens (`run_with_cache`) spellings; {i} is the block:
+
+==========================  =================================  =====================================
+short name                  TransformerLens name               shape: what
+==========================  =================================  =====================================
+embed, pos_embed            hook_embed, hook_pos_embed         (batch, pos, d_model): W_E[tokens], W_pos[:pos]
+blocks.{i}.resid_pre        blocks.{i}.hook_resid_pre          (batch, pos, d_model): entering block i
+blocks.{i}.ln1.scale        blocks.{i}.ln1.hook_scale          (batch, pos, 1): √(var + ln_eps) of LN₁
+blocks.{i}.ln1.normalized   blocks.{i}.ln1.hook_normalized     (batch, pos, d_model): (x − mean)/scale, before w, b
+blocks.{i}.attn.q/k/v       blocks.{i}.attn.hook_q/k/v         (batch, pos, n_heads, d_head): LN₁(x) W + b
+blocks.{i}.attn.scores      blocks.{i}.attn.hook_attn_scores   (batch, n_heads, q_pos, k_pos): q·k/√d_head,
+                                                               AFTER the causal mask (−inf where k > q)
+blocks.{i}.attn.pattern     blocks.{i}.attn.hook_pattern       (batch, n_heads, q_pos, k_pos): softmax over k
+blocks.{i}.attn.z           blocks.{i}.attn.hook_z             (batch, pos, n_heads, d_head): Σ_k pattern · v
+blocks.{i}.attn_out         blocks.{i}.hook_attn_out           (batch, pos, d_model): Σ_h z_h W_O,h + b_O
+blocks.{i}.resid_mid        blocks.{i}.hook_resid_mid          (batch, pos, d_model)   (not attention-only)
+blocks.{i}.ln2.scale        blocks.{i}.ln2.hook_scale          (batch, pos, 1)          (not attention-only)
+blocks.{i}.ln2.normalized   blocks.{i}.ln2.hook_normalized     (batch, pos, d_model)    (not attention-only)
+blocks.{i}.mlp.pre/post     blocks.{i}.mlp.hook_pre/post       (batch, pos, d_mlp): before / after act
+blocks.{i}.mlp_out          blocks.{i}.hook_mlp_out            (batch, pos, d_model)
+blocks.{i}.resid_post       blocks.{i}.hook_resid_post         (batch, pos, d_model)
+ln_final.scale              ln_final.hook_scale                (batch, pos, 1)
+ln_final.normalized         ln_final.hook_normalized           (batch, pos, d_model): before w, b
+ln_final.out                unembed.hook_in                    (batch, pos, d_model): LN_final output
+unembed.out                 unembed.hook_out                   (batch, pos, d_vocab): the logits
+==========================  =================================  =====================================
+
+Optional hook points (`hook_names(cfg, optional=True)`) are computed only when hooked or named in
+`cache_names`, never recorded by default; they are the hooks TransformerLens adds under a config
+flag (`OPTIONAL_HOOKS` maps each to its flag), with its semantics:
+
+==========================  =================================  =====================================
+blocks.{i}.attn.result      blocks.{i}.attn.hook_result        (batch, pos, n_heads, d_model): z_h W_O,h
+                                                               per head; attn_out = Σ_h result + b_O
+                                                               (use_attn_result)
+blocks.{i}.attn_in          blocks.{i}.hook_attn_in            (batch, pos, n_heads, d_model): resid_pre
+                                                               copied per head (use_attn_in)
+blocks.{i}.q/k/v_input      blocks.{i}.hook_q/k/v_input        (batch, pos, n_heads, d_model): the per-head
+                                                               inputs of Q, K, V (use_split_qkv_input)
+blocks.{i}.mlp_in           blocks.{i}.hook_mlp_in             (batch, pos, d_model): input of LN₂ (use_hook_mlp_in)
+==========================  =================================  =====================================
+
+When any of attn_in, q_input, k_input, v_input is active, LN₁ runs on the per-head copies (its
+hooks then have a head axis, (batch, pos, n_heads, ·), and see the query, key, then value input,
+the cache keeping the last), as in TransformerLens; attn_in then feeds the three inputs (with both
+of TransformerLens's flags set, its q/k/v inputs bypass hook_attn_in).
+
+TransformerLens hooks of other architectures or flags (hook_tokens, rotary hook_rot_q/k,
+shortformer attn.hook_attn_input) do not exist here.
 
 Every hook point passes through one helper: `x ← hooks[name](x)` if `name` is hooked, then `x`
 (the hooked value, i.e. what the rest of the network sees) is recorded in the cache. Hooks are
 any callables `(activation) -> activation`; the interventions of `superpos_jax.lm.interventions`
-are `eqx.Module`s, so their arrays are traced and `jit`/`vmap`/`grad` go through them. The
-causal mask is applied *after* the `attn.scores` hook, so no hook on scores can break causality.
-TransformerLens spellings (`hook_embed`, `blocks.0.hook_resid_pre`, `blocks.0.attn.hook_pattern`,
-`blocks.0.mlp.hook_post`, `ln_final.hook_normalized`, ...) are accepted as aliases; unknown names
-raise a `ValueError` before anything is traced.
+are `eqx.Module`s, so their arrays are traced and `jit`/`vmap`/`grad` go through them. Hooks and
+`cache_names` accept either spelling (short or TransformerLens) and the cache answers each name
+in the spelling asked for; `cache_names=None` records every default hook point under its short
+name. Unknown names raise a `ValueError` before anything is traced.
+
+Attention scores are hooked after the causal mask, as TransformerLens's hook_attn_scores: masked
+entries hold −inf (compare the finite entries). Unlike TransformerLens, the mask is applied again
+after the hook, so no hook on scores can break causality (a hook writing finite values above the
+diagonal has no effect there).
 
 Initialisation (GPT-2): every weight matrix and embedding ~ N(0, init_std²) with
-init_std = 0.02 by default, biases 0, LayerNorm scales 1.
+init_std = 0.02 by default, biases 0, LayerNorm scales 1; with `tied_unembed`, W_U = W_Eᵀ.
 """
 
 from __future__ import annotations
@@ -64,16 +105,31 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 from superpos_jax.config import PositiveFloat, PositiveInt, one_of, validate
 
 Hook = Callable[[Array], Array]
-ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_exact")
 LN_EPS = 1e-5
+"""The default `TransformerConfig.ln_eps` (GPT-2's layer_norm_epsilon)."""
+
+OPTIONAL_HOOKS: Mapping[str, str] = {
+    "attn_in": "use_attn_in",
+    "q_input": "use_split_qkv_input",
+    "k_input": "use_split_qkv_input",
+    "v_input": "use_split_qkv_input",
+    "attn.result": "use_attn_result",
+    "mlp_in": "use_hook_mlp_in",
+}
+"""Block-level suffix of each optional hook point -> the TransformerLens config flag that adds it."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """Sizes of a tiny transformer (all static: each config is its own compiled program).
+    """Sizes and options of a transformer (all static: each config is its own compiled program).
 
-    `act` is "relu" or "gelu" (the tanh approximation, GPT-2's gelu_new); `attn_only` drops the
-    MLPs; `init_std` is the standard deviation of the GPT-2 initialisation.
+    `act` is "relu", "gelu" (the tanh approximation, GPT-2's gelu_new) or "gelu_exact" (erf);
+    `attn_only` drops the MLPs; `init_std` is the standard deviation of the GPT-2 initialisation;
+    `ln_eps` is the LayerNorm ε. `tied_unembed` records that the unembedding is the embedding's
+    transpose (GPT-2): `init_transformer` then sets W_U = W_Eᵀ, and `pretrained.save_hf_gpt2`
+    writes one matrix for both while they are still equal. The params always hold W_U as its own
+    array (as TransformerLens does), so training unties them.
     """
 
     n_layers: PositiveInt = 1
@@ -86,6 +142,8 @@ class TransformerConfig:
     act: Annotated[str, one_of(*ACTIVATIONS)] = "relu"
     attn_only: bool = False
     init_std: PositiveFloat = 0.02
+    ln_eps: PositiveFloat = LN_EPS
+    tied_unembed: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
@@ -142,7 +200,8 @@ class TransformerParams(eqx.Module):
 
 
 def init_transformer(cfg: TransformerConfig, *, key: PRNGKeyArray) -> TransformerParams:
-    """GPT-2 initialisation: weights and embeddings ~ N(0, cfg.init_std²), biases 0, LN scales 1.
+    """GPT-2 initialisation: weights and embeddings ~ N(0, cfg.init_std²), biases 0, LN scales 1
+    (W_U = W_Eᵀ if `cfg.tied_unembed`).
 
     `jax.vmap(lambda k: init_transformer(cfg, key=k))(keys)` gives a stack of seeds.
     """
@@ -182,60 +241,75 @@ def init_transformer(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transforme
             blocks.append(BlockParams(ln1=layer_norm(), attn=attn, ln2=layer_norm(), mlp=mlp))
     assert offset == n_weights
     return TransformerParams(
-        cfg=cfg, W_E=W_E, W_pos=W_pos, blocks=tuple(blocks), ln_final=layer_norm(), W_U=W_U,
-        b_U=zeros(cfg.d_vocab),
+        cfg=cfg, W_E=W_E, W_pos=W_pos, blocks=tuple(blocks), ln_final=layer_norm(),
+        W_U=W_E.T if cfg.tied_unembed else W_U, b_U=zeros(cfg.d_vocab),
     )
 
 
-_BLOCK_NAMES: tuple[str, ...] = (
-    "resid_pre", "attn.q", "attn.k", "attn.v", "attn.scores", "attn.pattern", "attn.z", "attn_out",
-)
-_MLP_NAMES: tuple[str, ...] = ("resid_mid", "mlp.pre", "mlp.post", "mlp_out")
+_QKV_INPUTS: tuple[str, ...] = ("q_input", "k_input", "v_input")
+_FINAL_NAMES: tuple[str, ...] = ("ln_final.scale", "ln_final.normalized", "ln_final.out", "unembed.out")
 
 
-def hook_names(cfg: TransformerConfig) -> tuple[str, ...]:
-    """Every hook point of a model of config `cfg`, in the order the forward pass visits them."""
-    names = ["embed", "pos_embed"]
-    for i in range(cfg.n_layers):
-        block = _BLOCK_NAMES + (() if cfg.attn_only else _MLP_NAMES) + ("resid_post",)
-        names += [f"blocks.{i}.{n}" for n in block]
-    names.append("ln_final.out")
+def _block_names(cfg: TransformerConfig, optional: bool) -> tuple[str, ...]:
+    names = ["resid_pre"]
+    names += ["attn_in", *_QKV_INPUTS] if optional else []
+    names += ["ln1.scale", "ln1.normalized", "attn.q", "attn.k", "attn.v", "attn.scores", "attn.pattern", "attn.z"]
+    names += ["attn.result"] if optional else []
+    names.append("attn_out")
+    if not cfg.attn_only:
+        names.append("resid_mid")
+        names += ["mlp_in"] if optional else []
+        names += ["ln2.scale", "ln2.normalized", "mlp.pre", "mlp.post", "mlp_out"]
+    names.append("resid_post")
     return tuple(names)
 
 
-def hook_shapes(cfg: TransformerConfig, batch: int, pos: int) -> dict[str, tuple[int, ...]]:
-    """Shape of every hook point's activation for a (batch, pos) batch of tokens."""
+def hook_names(cfg: TransformerConfig, *, optional: bool = False) -> tuple[str, ...]:
+    """Every hook point of a model of config `cfg` (short names), in the order the forward pass
+    visits them; with `optional=True` also the optional ones (`OPTIONAL_HOOKS`)."""
+    names = ["embed", "pos_embed"]
+    for i in range(cfg.n_layers):
+        names += [f"blocks.{i}.{n}" for n in _block_names(cfg, optional)]
+    names += _FINAL_NAMES
+    return tuple(names)
+
+
+def hook_shapes(cfg: TransformerConfig, batch: int, pos: int, *, optional: bool = False) -> dict[str, tuple[int, ...]]:
+    """Shape of every hook point's activation for a (batch, pos) batch of tokens (LN₁'s hooks
+    gain a head axis when a per-head input hook is active; see the module docstring)."""
     heads = (batch, pos, cfg.n_heads, cfg.d_head)
+    per_head = (batch, pos, cfg.n_heads, cfg.d_model)
+    square = (batch, cfg.n_heads, pos, pos)
     by_suffix = {
         "attn.q": heads, "attn.k": heads, "attn.v": heads, "attn.z": heads,
-        "attn.scores": (batch, cfg.n_heads, pos, pos), "attn.pattern": (batch, cfg.n_heads, pos, pos),
+        "attn.scores": square, "attn.pattern": square,
+        "attn.result": per_head, "attn_in": per_head, "q_input": per_head, "k_input": per_head, "v_input": per_head,
         "mlp.pre": (batch, pos, cfg.d_mlp), "mlp.post": (batch, pos, cfg.d_mlp),
+        "ln1.scale": (batch, pos, 1), "ln2.scale": (batch, pos, 1), "ln_final.scale": (batch, pos, 1),
+        "unembed.out": (batch, pos, cfg.d_vocab),
     }
     out = {}
-    for name in hook_names(cfg):
+    for name in hook_names(cfg, optional=optional):
         suffix = name.split(".", 2)[-1] if name.startswith("blocks.") else name
         out[name] = by_suffix.get(suffix, (batch, pos, cfg.d_model))
     return out
 
 
-_TL_RENAMES = {"attn.attn_scores": "attn.scores", "ln_final.normalized": "ln_final.out"}
-
-
 def canonical_name(name: str) -> str:
     """The short hook name of a TransformerLens spelling (`blocks.0.attn.hook_pattern` ->
-    `blocks.0.attn.pattern`); short names are returned unchanged."""
+    `blocks.0.attn.pattern`, `blocks.0.attn.hook_attn_scores` -> `blocks.0.attn.scores`,
+    `unembed.hook_in` -> `ln_final.out`); short names are returned unchanged."""
     parts = name.split(".")
     if parts[-1].startswith("hook_"):
         parts[-1] = parts[-1][len("hook_"):]
     out = ".".join(parts)
-    for old, new in _TL_RENAMES.items():
-        if out.endswith(old):
-            out = out[: -len(old)] + new
-    return out
+    if out.endswith(".attn.attn_scores"):
+        out = out[: -len("attn_scores")] + "scores"
+    return "ln_final.out" if out == "unembed.in" else out
 
 
 def _check_names(cfg: TransformerConfig, names: Sequence[str], what: str) -> list[str]:
-    valid = hook_names(cfg)
+    valid = hook_names(cfg, optional=True)
     out = []
     for name in names:
         short = canonical_name(name)
@@ -247,14 +321,21 @@ def _check_names(cfg: TransformerConfig, names: Sequence[str], what: str) -> lis
     return out
 
 
-def _layer_norm(ln: LayerNormParams, x: Array) -> Array:
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * ln.w[None, None, :] + ln.b[None, None, :]
+def _resolve_hooks(cfg: TransformerConfig, hooks: Mapping[str, Hook] | None) -> dict[str, Hook]:
+    """`hooks` keyed by short names; two spellings of one hook point are refused."""
+    out: dict[str, Hook] = {}
+    given: dict[str, str] = {}
+    for name, short in zip(hooks or {}, _check_names(cfg, list(hooks or {}), "hook"), strict=True):
+        if short in out:
+            raise ValueError(f"hooks {given[short]!r} and {name!r} name the same hook point {short!r}")
+        out[short], given[short] = (hooks or {})[name], name
+    return out
 
 
 def _act(name: str, x: Array) -> Array:
-    return jax.nn.relu(x) if name == "relu" else jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu(x)
+    return jax.nn.gelu(x, approximate=name == "gelu")
 
 
 def forward(
@@ -269,8 +350,11 @@ def forward(
     Args:
         params: one model (vmap over a stack of them at the call site).
         tokens: int (batch, pos), pos ≤ n_ctx.
-        hooks: hook-point name -> callable applied to that activation (see the module table).
-        cache_names: record only these hook points (None: all of them).
+        hooks: hook-point name (short or TransformerLens spelling) -> callable applied to that
+            activation (see the module table).
+        cache_names: record only these hook points, each under the name as given (either
+            spelling; optional hook points allowed). None: every default hook point, under its
+            short name.
 
     Returns:
         logits (batch, pos, d_vocab) and the cache, a dict name -> hooked activation.
@@ -279,46 +363,75 @@ def forward(
     tokens = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
-    n_pos = tokens.shape[1]
+    n_batch, n_pos = tokens.shape
     if n_pos > cfg.n_ctx:
         raise ValueError(f"sequence length {n_pos} exceeds n_ctx={cfg.n_ctx}")
-    hooks = dict(zip(_check_names(cfg, list(hooks or {}), "hook"), (hooks or {}).values(), strict=True))
-    record = set(hook_names(cfg) if cache_names is None else _check_names(cfg, cache_names, "cache"))
+    hook_fns = _resolve_hooks(cfg, hooks)
+    record: dict[str, list[str]] = {}
+    if cache_names is None:
+        record = {n: [n] for n in hook_names(cfg)}
+    else:
+        for name, short in zip(cache_names, _check_names(cfg, list(cache_names), "cache"), strict=True):
+            record.setdefault(short, []).append(name)
     cache: dict[str, Array] = {}
 
     def hook(name: str, x: Array) -> Array:
-        if name in hooks:
-            x = hooks[name](x)
-        if name in record:
-            cache[name] = x
+        if name in hook_fns:
+            x = hook_fns[name](x)
+        for key in record.get(name, ()):
+            cache[key] = x
         return x
 
-    pos_embed = jnp.broadcast_to(params.W_pos[None, :n_pos, :], (tokens.shape[0], n_pos, cfg.d_model))
+    def active(name: str) -> bool:
+        return name in hook_fns or name in record
+
+    def layer_norm(ln: LayerNormParams, x: Array, prefix: str) -> Array:
+        centred = x - jnp.mean(x, axis=-1, keepdims=True)
+        scale = hook(prefix + "scale", jnp.sqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + cfg.ln_eps))
+        normalized = hook(prefix + "normalized", centred / scale)
+        lead = (1,) * (x.ndim - 1)
+        return normalized * ln.w.reshape(lead + (-1,)) + ln.b.reshape(lead + (-1,))
+
+    pos_embed = jnp.broadcast_to(params.W_pos[None, :n_pos, :], (n_batch, n_pos, cfg.d_model))
     resid = hook("embed", params.W_E[tokens]) + hook("pos_embed", pos_embed)
     causal = jnp.tril(jnp.ones((n_pos, n_pos), bool))[None, None, :, :]
     for i, block in enumerate(params.blocks):
         p = f"blocks.{i}."
         resid = hook(p + "resid_pre", resid)
         a = block.attn
-        x = _layer_norm(block.ln1, resid)
-        q = hook(p + "attn.q", jnp.einsum("bpd,hde->bphe", x, a.W_Q) + a.b_Q[None, None, :, :])
-        k = hook(p + "attn.k", jnp.einsum("bpd,hde->bphe", x, a.W_K) + a.b_K[None, None, :, :])
-        v = hook(p + "attn.v", jnp.einsum("bpd,hde->bphe", x, a.W_V) + a.b_V[None, None, :, :])
-        scores = hook(p + "attn.scores", jnp.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(cfg.d_head))
+        if any(active(p + n) for n in ("attn_in", *_QKV_INPUTS)):
+            per_head = jnp.broadcast_to(resid[:, :, None, :], (n_batch, n_pos, cfg.n_heads, cfg.d_model))
+            attn_in = hook(p + "attn_in", per_head)
+            xq, xk, xv = (layer_norm(block.ln1, hook(p + n, attn_in), p + "ln1.") for n in _QKV_INPUTS)
+            project = "bphd,hde->bphe"
+        else:
+            xq = xk = xv = layer_norm(block.ln1, resid, p + "ln1.")
+            project = "bpd,hde->bphe"
+        q = hook(p + "attn.q", jnp.einsum(project, xq, a.W_Q) + a.b_Q[None, None, :, :])
+        k = hook(p + "attn.k", jnp.einsum(project, xk, a.W_K) + a.b_K[None, None, :, :])
+        v = hook(p + "attn.v", jnp.einsum(project, xv, a.W_V) + a.b_V[None, None, :, :])
+        raw = jnp.einsum("bqhe,bkhe->bhqk", q, k) / float(np.sqrt(cfg.d_head))
+        scores = hook(p + "attn.scores", jnp.where(causal, raw, -jnp.inf))
         pattern = hook(p + "attn.pattern", jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1))
         z = hook(p + "attn.z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v))
-        attn_out = hook(p + "attn_out", jnp.einsum("bqhe,hed->bqd", z, a.W_O) + a.b_O[None, None, :])
+        if active(p + "attn.result"):
+            result = hook(p + "attn.result", jnp.einsum("bqhe,hed->bqhd", z, a.W_O))
+            attn_out = jnp.sum(result, axis=2)
+        else:
+            attn_out = jnp.einsum("bqhe,hed->bqd", z, a.W_O)
+        attn_out = hook(p + "attn_out", attn_out + a.b_O[None, None, :])
         if block.mlp is None or block.ln2 is None:
             resid = hook(p + "resid_post", resid + attn_out)
             continue
         resid = hook(p + "resid_mid", resid + attn_out)
         m = block.mlp
-        pre = hook(p + "mlp.pre", _layer_norm(block.ln2, resid) @ m.W_in + m.b_in[None, None, :])
+        x = layer_norm(block.ln2, hook(p + "mlp_in", resid), p + "ln2.")
+        pre = hook(p + "mlp.pre", x @ m.W_in + m.b_in[None, None, :])
         post = hook(p + "mlp.post", _act(cfg.act, pre))
         mlp_out = hook(p + "mlp_out", post @ m.W_out + m.b_out[None, None, :])
         resid = hook(p + "resid_post", resid + mlp_out)
-    final = hook("ln_final.out", _layer_norm(params.ln_final, resid))
-    logits = final @ params.W_U + params.b_U[None, None, :]
+    final = hook("ln_final.out", layer_norm(params.ln_final, resid, "ln_final."))
+    logits = hook("unembed.out", final @ params.W_U + params.b_U[None, None, :])
     return logits, cache
 
 
@@ -389,8 +502,7 @@ def generate(
     if n_prompt < 1 or n_new < 0 or n_prompt + n_new > cfg.n_ctx:
         raise ValueError(f"need 1 <= n_prompt and n_prompt + n_new <= n_ctx={cfg.n_ctx}, "
                          f"got n_prompt={n_prompt}, n_new={n_new}")
-    hooks = dict(hooks or {})
-    _check_names(cfg, list(hooks), "hook")
+    hooks = _resolve_hooks(cfg, hooks)
     buffer = jnp.zeros((batch, cfg.n_ctx), jnp.int32).at[:, :n_prompt].set(prompt)
     out = _generate_buffer(
         params, buffer, jnp.asarray(n_prompt, jnp.int32), jnp.asarray(n_prompt + n_new, jnp.int32),

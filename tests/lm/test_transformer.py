@@ -1,5 +1,8 @@
 """Tiny transformer with hooks (models/transformer.py) and interventions (interventions.py)."""
 
+import dataclasses
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -63,10 +66,10 @@ def _np(x) -> np.ndarray:
     return np.asarray(x, np.float64)
 
 
-def _ln(ln, x):
+def _ln(ln, x, eps=1e-5):
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + 1e-5) * _np(ln.w) + _np(ln.b)
+    return (x - mu) / np.sqrt(var + eps) * _np(ln.w) + _np(ln.b)
 
 
 def reference_forward(params: TransformerParams, toks: np.ndarray) -> np.ndarray:
@@ -78,7 +81,7 @@ def reference_forward(params: TransformerParams, toks: np.ndarray) -> np.ndarray
         resid = _np(params.W_E)[seq] + _np(params.W_pos)[:n]
         for block in params.blocks:
             a = block.attn
-            x = _ln(block.ln1, resid)
+            x = _ln(block.ln1, resid, cfg.ln_eps)
             attn_out = np.tile(_np(a.b_O), (n, 1))
             for h in range(cfg.n_heads):
                 q = x @ _np(a.W_Q[h]) + _np(a.b_Q[h])
@@ -92,20 +95,24 @@ def reference_forward(params: TransformerParams, toks: np.ndarray) -> np.ndarray
                     attn_out[t] += z @ _np(a.W_O[h])
             resid = resid + attn_out
             if block.mlp is not None:
-                pre = _ln(block.ln2, resid) @ _np(block.mlp.W_in) + _np(block.mlp.b_in)
+                pre = _ln(block.ln2, resid, cfg.ln_eps) @ _np(block.mlp.W_in) + _np(block.mlp.b_in)
                 if cfg.act == "relu":
                     post = np.maximum(pre, 0.0)
+                elif cfg.act == "gelu_exact":
+                    post = 0.5 * pre * (1 + np.vectorize(math.erf)(pre / np.sqrt(2)))
                 else:
                     post = 0.5 * pre * (1 + np.tanh(np.sqrt(2 / np.pi) * (pre + 0.044715 * pre**3)))
                 resid = resid + post @ _np(block.mlp.W_out) + _np(block.mlp.b_out)
-        out.append(_ln(params.ln_final, resid) @ _np(params.W_U) + _np(params.b_U))
+        out.append(_ln(params.ln_final, resid, cfg.ln_eps) @ _np(params.W_U) + _np(params.b_U))
     return np.stack(out)
 
 
 GELU = TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=13, act="gelu")
+GELU_EXACT = TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=13,
+                               act="gelu_exact", ln_eps=0.5)
 
 
-@pytest.mark.parametrize("cfg", [CFG, ATTN_ONLY, GELU], ids=["relu", "attn_only", "gelu"])
+@pytest.mark.parametrize("cfg", [CFG, ATTN_ONLY, GELU, GELU_EXACT], ids=["relu", "attn_only", "gelu", "gelu_exact"])
 def test_forward_matches_float64_reference(cfg):
     params = random_params(cfg)
     toks = tokens()
@@ -149,14 +156,104 @@ def test_cache_has_every_hook_name_with_its_shape(cfg):
 
 def test_cache_names_subset_aliases_and_unknown_names():
     params = random_params(CFG)
-    _, cache = fwd(params, tokens(), cache_names=("blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"))
-    assert set(cache) == {"blocks.1.resid_post", "blocks.0.attn.pattern"}
-    assert canonical_name("ln_final.hook_normalized") == "ln_final.out"
+    asked = ("blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.0.attn.pattern", "unembed.hook_in")
+    _, cache = fwd(params, tokens(), cache_names=asked)
+    assert set(cache) == set(asked)  # answered in the spelling asked for
+    _, short = fwd(params, tokens())
+    np.testing.assert_array_equal(cache["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.pattern"])
+    np.testing.assert_allclose(cache["blocks.0.attn.hook_pattern"], short["blocks.0.attn.pattern"],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cache["unembed.hook_in"], short["ln_final.out"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(short["unembed.out"], fwd(params, tokens())[0])
+    assert canonical_name("ln_final.hook_normalized") == "ln_final.normalized"
+    assert canonical_name("unembed.hook_in") == "ln_final.out"
     assert canonical_name("blocks.3.attn.hook_attn_scores") == "blocks.3.attn.scores"
+    assert canonical_name("blocks.3.hook_q_input") == "blocks.3.q_input"
+    # optional hook points are valid names but never recorded by default
+    assert "blocks.0.attn.result" in hook_names(CFG, optional=True) and "blocks.0.attn.result" not in short
     with pytest.raises(ValueError, match="resid_psot"):
         fwd(params, tokens(), {"blocks.0.resid_psot": iv.ZeroAblate()})
     with pytest.raises(ValueError, match="mlp"):
         fwd(random_params(ATTN_ONLY), tokens(), {"blocks.0.mlp.post": iv.ZeroAblate()})
+    with pytest.raises(ValueError, match="same hook point"):
+        fwd(params, tokens(), {"blocks.0.hook_mlp_out": iv.ZeroAblate(), "blocks.0.mlp_out": iv.ZeroAblate()})
+
+
+def test_hooks_take_either_spelling():
+    params = random_params(CFG)
+    short = fwd(params, tokens(), {"blocks.0.mlp_out": iv.ZeroAblate()}, cache_names=("blocks.0.mlp_out",))
+    tl = fwd(params, tokens(), {"blocks.0.hook_mlp_out": iv.ZeroAblate()}, cache_names=("blocks.0.hook_mlp_out",))
+    np.testing.assert_array_equal(short[0], tl[0])
+    assert np.all(np.asarray(tl[1]["blocks.0.hook_mlp_out"]) == 0.0)
+
+
+def test_layer_norm_hooks():
+    params = random_params(CFG)
+    _, cache = fwd(params, tokens())
+    resid = np.asarray(cache["blocks.1.resid_mid"], np.float64)
+    centred = resid - resid.mean(-1, keepdims=True)
+    scale = np.sqrt((centred**2).mean(-1, keepdims=True) + CFG.ln_eps)
+    np.testing.assert_allclose(cache["blocks.1.ln2.scale"], scale, rtol=1e-5)
+    np.testing.assert_allclose(cache["blocks.1.ln2.normalized"], centred / scale, rtol=1e-4, atol=1e-5)
+    ln = params.ln_final
+    np.testing.assert_allclose(cache["ln_final.out"], np.asarray(cache["ln_final.normalized"]) * np.asarray(ln.w)
+                               + np.asarray(ln.b), rtol=1e-6, atol=1e-6)
+    # a hook on the scale acts like TransformerLens's: doubling it halves the normalized input
+    _, hooked = jax.jit(lambda p, t: forward(p, t, {"blocks.0.ln1.hook_scale": lambda x: 2.0 * x}))(params, tokens())
+    np.testing.assert_allclose(hooked["blocks.0.ln1.normalized"], cache["blocks.0.ln1.normalized"] / 2, rtol=1e-6)
+
+
+def test_scores_are_masked_and_a_hook_on_them_keeps_causality():
+    params = random_params(CFG)
+    _, cache = fwd(params, tokens())
+    scores = np.asarray(cache["blocks.0.attn.scores"])
+    above = np.triu(np.ones((POS, POS), bool), 1)
+    assert np.all(scores[..., above] == -np.inf) and np.all(np.isfinite(scores[..., ~above]))
+    q, k = np.asarray(cache["blocks.0.attn.q"]), np.asarray(cache["blocks.0.attn.k"])
+    raw = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(CFG.d_head)
+    np.testing.assert_allclose(scores[..., ~above], raw[..., ~above], rtol=1e-5, atol=1e-5)
+    _, hooked = fwd(params, tokens(), {"blocks.0.attn.hook_attn_scores": iv.ZeroAblate()})
+    pattern = np.asarray(hooked["blocks.0.attn.pattern"])
+    assert np.all(pattern[..., above] == 0.0)
+    np.testing.assert_allclose(pattern[0, 0, 3, :4], 0.25, rtol=1e-6)  # uniform over the past only
+
+
+def test_attn_result_is_the_per_head_output():
+    params = random_params(CFG)
+    toks = tokens()
+    logits, cache = fwd(params, toks, cache_names=("blocks.0.attn.hook_result", "blocks.0.attn_out", "blocks.0.attn.z"))
+    result = np.asarray(cache["blocks.0.attn.hook_result"])
+    assert result.shape == hook_shapes(CFG, BATCH, POS, optional=True)["blocks.0.attn.result"]
+    a = params.blocks[0].attn
+    np.testing.assert_allclose(result.sum(2) + np.asarray(a.b_O), cache["blocks.0.attn_out"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, fwd(params, toks)[0], rtol=1e-5, atol=1e-5)
+    head = iv.head_mask(CFG.n_heads, [1])
+    by_result = fwd(params, toks, {"blocks.0.attn.result": iv.ZeroAblate(head)})[0]
+    by_z = fwd(params, toks, {"blocks.0.attn.z": iv.ZeroAblate(head)})[0]
+    np.testing.assert_allclose(by_result, by_z, rtol=1e-5, atol=1e-5)
+
+
+def test_per_head_inputs():
+    params = random_params(CFG)
+    toks = tokens()
+    clean = fwd(params, toks)[0]
+    names = ("blocks.1.hook_attn_in", "blocks.1.hook_q_input", "blocks.1.ln1.hook_scale", "blocks.0.hook_mlp_in")
+    logits, cache = fwd(params, toks, cache_names=names)
+    np.testing.assert_allclose(logits, clean, rtol=1e-5, atol=1e-5)
+    resid = np.asarray(fwd(params, toks, cache_names=("blocks.1.resid_pre",))[1]["blocks.1.resid_pre"])
+    assert cache["blocks.1.hook_attn_in"].shape == (BATCH, POS, CFG.n_heads, CFG.d_model)
+    np.testing.assert_array_equal(cache["blocks.1.hook_q_input"], np.repeat(resid[:, :, None], CFG.n_heads, 2))
+    assert cache["blocks.1.ln1.hook_scale"].shape == (BATCH, POS, CFG.n_heads, 1)
+    # zeroing the value input of head 0 (before LN₁, whose output at 0 is its bias b) leaves q alone
+    hooked, c = fwd(params, toks, {"blocks.1.v_input": iv.ZeroAblate(iv.head_mask(CFG.n_heads, [0]))},
+                    cache_names=("blocks.1.attn.v", "blocks.1.attn.q"))
+    a, ln = params.blocks[1].attn, params.blocks[1].ln1
+    v_of_zero = np.asarray(ln.b @ a.W_V[0] + a.b_V[0])
+    np.testing.assert_allclose(c["blocks.1.attn.v"][:, :, 0], np.broadcast_to(v_of_zero, (BATCH, POS, CFG.d_head)),
+                               rtol=1e-5, atol=1e-5)
+    _, plain = fwd(params, toks, cache_names=("blocks.1.attn.q",))
+    np.testing.assert_allclose(c["blocks.1.attn.q"], plain["blocks.1.attn.q"], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(hooked, clean)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,9 +323,9 @@ def test_patching_clean_cache_into_corrupted_run_reproduces_clean_logits():
     clean_logits, clean_cache = fwd(params, clean)
     corrupt_logits, _ = fwd(params, corrupt)
     assert not np.allclose(clean_logits, corrupt_logits)
-    # Exactness holds within one compiled program (a program without the patch may fuse the
-    # downstream ops differently, to within an ulp): the clean run goes through the same
-    # program with an all-False mask.
+    # Exactness holds within one compiled program (the cached values come from another program,
+    # equal to the patched program's own to within an ulp): the reference is the clean tokens
+    # through the same patched program.
     for names in (["blocks.0.resid_pre"], ["blocks.0.resid_post", "blocks.1.resid_post"]):
 
         @jax.jit
@@ -237,7 +334,7 @@ def test_patching_clean_cache_into_corrupted_run_reproduces_clean_logits():
             return forward(params, toks, hooks, cache_names=())[0]
 
         values = {n: clean_cache[n] for n in names}
-        reference = patched_run(clean, values, jnp.asarray(False))
+        reference = patched_run(clean, values, jnp.asarray(True))
         np.testing.assert_allclose(reference, clean_logits, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(patched_run(corrupt, values, jnp.asarray(True)), reference)
     # patching one position of the last residual stream changes only that position's logits
@@ -421,3 +518,47 @@ def test_generate_greedy_is_argmax_deterministic_and_respects_hooks():
     assert np.all((np.asarray(sampled) >= 0) & (np.asarray(sampled) < 13))
     with pytest.raises(ValueError, match="n_ctx"):
         generate(params, prompt, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# saving (lm/io.py)
+# --------------------------------------------------------------------------------------------
+
+
+def test_saved_weights_use_transformer_lens_names_and_old_files_still_load(tmp_path):
+    import json
+
+    from superpos_jax.interop.safetensors import load_file, save_file
+    from superpos_jax.lm.io import load_transformer, save_transformer
+
+    cfg = TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=13,
+                            act="gelu_exact", ln_eps=1e-6, tied_unembed=True)
+    params = random_params(cfg)
+    directory = save_transformer(tmp_path / "new", params)
+    names = set(load_file(directory / "weights.safetensors"))
+    assert {"embed.W_E", "pos_embed.W_pos", "blocks.1.attn.W_Q", "blocks.0.ln1.w", "blocks.1.mlp.W_out",
+            "ln_final.b", "unembed.W_U", "unembed.b_U"} <= names and len(names) == len(jax.tree.leaves(params))
+    loaded = load_transformer(directory)
+    assert loaded.cfg == cfg
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, loaded, params)))
+
+    # a file of before: tensors under their pytree paths, a config without ln_eps / tied_unembed
+    old_cfg = TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_ctx=8, d_vocab=12)
+    old = init_fn(old_cfg, key=jax.random.key(0))
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    save_file({jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(old)},
+              legacy / "weights.safetensors")
+    fields = {k: v for k, v in dataclasses.asdict(old_cfg).items() if k not in ("ln_eps", "tied_unembed")}
+    (legacy / "config.json").write_text(json.dumps(fields))
+    assert ".blocks[0].attn.W_Q" in load_file(legacy / "weights.safetensors")
+    loaded = load_transformer(legacy)
+    assert loaded.cfg == old_cfg
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, loaded, old)))
+
+
+def test_tied_unembed_init():
+    cfg = TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=13,
+                            tied_unembed=True)
+    params = init_fn(cfg, key=jax.random.key(0))
+    np.testing.assert_array_equal(params.W_U, params.W_E.T)
