@@ -2,7 +2,9 @@
 
 `save_sae(sae, directory, ...)` writes an `SAE` in its inference form with its input scale
 folded in, so the saved SAE acts on raw activations: W_enc·s, W_dec/s, b_dec/s (a JumpReLU
-threshold is unchanged). Each architecture maps its own params (`Architecture.to_saelens`):
+threshold is unchanged). The directory is in the SAELens 6 layout, which
+`sae_lens.SAE.load_from_disk` loads as the SAELens class below, computing the same latents and
+reconstructions. Each architecture maps its own params (`Architecture.to_saelens`):
 
     ours        SAELens architecture   notes
     relu        standard
@@ -11,9 +13,16 @@ threshold is unchanged). Each architecture maps its own params (`Architecture.to
     jumprelu    jumprelu               threshold = exp(log_threshold)
     gated       gated                  b_gate = b_enc
 
-`load_sae(directory)` returns an `SAE` of the registered architecture that loads the
-directory's SAELens architecture (`architectures.for_saelens`), with an input scale of 1.
 cfg.json also records `superpos_architecture`, the architecture the SAE was trained as.
+
+`load_sae(directory)` returns an `SAE` of the registered architecture that loads the
+directory's (canonical) SAELens architecture (`architectures.for_saelens`), with an input scale
+of 1: "standard" as relu, "topk" with its k, "jumprelu" as jumprelu, "gated" as gated, and a
+SAELens BatchTopK training checkpoint ("batchtopk") in its inference form, as jumprelu. Fields
+SAELens uses that are implemented by folding (apply_b_dec_to_input false,
+rescale_acts_by_decoder_norm true) are folded into the params; fields asking for behaviour not
+implemented here are refused by name (see `interop.saelens`). The SAE does not hold the hook
+point: `from_saelens(directory)[1]["hook_name"]` has it, or None where the file does not say.
 """
 
 from __future__ import annotations
@@ -28,8 +37,9 @@ from superpos_jax.sae.model import SAE
 
 
 def save_sae(sae: SAE, directory: str | os.PathLike[str], *, hook_name: str, model_name: str, **cfg: Any) -> Path:
-    """Write one SAE as a SAELens directory (`cfg.json` + `sae_weights.safetensors`); extra
-    `cfg` fields are written unchanged. Returns the directory."""
+    """Write one SAE as a SAELens directory (`cfg.json` + `sae_weights.safetensors`); `hook_name`
+    and `model_name` go into cfg.json's `metadata` (and its top level), extra `cfg` fields are
+    written unchanged. Returns the directory."""
     inference = sae.inference()
     arch = inference.architecture
     if arch.saelens_architecture is None:
@@ -41,10 +51,8 @@ def save_sae(sae: SAE, directory: str | os.PathLike[str], *, hook_name: str, mod
 
 
 def load_sae(directory: str | os.PathLike[str]) -> SAE:
-    """A SAELens SAE directory as an `SAE` (SAELens "standard" loads as relu, "jumprelu" as
-    jumprelu, "topk" with its k, "gated" as gated)."""
+    """A SAELens SAE directory as an `SAE` (see the module docstring for what loads as what)."""
     weights, cfg = from_saelens(directory)
     arch = for_saelens(cfg["architecture"])
     params, hparams = arch.from_saelens(weights, cfg)
     return SAE(arch, params, hparams)
-

@@ -208,9 +208,6 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     np.testing.assert_array_equal(st.load_file(path)["x"], original["x"])
 
 
-# ----------------------------------------------------------------------------- SAELens
-
-
 def _our_weights(architecture: str, d_in: int, d_sae: int, rng: np.random.Generator, dtype=np.float32) -> dict:
     """SAE weights in OUR convention: W_enc (d_sae, d_in), W_dec (d_in, d_sae)."""
     shapes = {"W_enc": (d_sae, d_in), "W_dec": (d_in, d_sae), "b_dec": (d_in,)}
@@ -244,14 +241,18 @@ def test_saelens_round_trip_is_exact(tmp_path, rng, architecture, dtype):
     assert (cfg_json["d_in"], cfg_json["d_sae"]) == (d_in, d_sae)
     assert cfg_json["dtype"] == np.dtype(dtype).name and cfg_json["device"] == "cpu"
     assert cfg_json["apply_b_dec_to_input"] is True and cfg_json["normalize_activations"] == "none"
+    assert cfg_json["reshape_activations"] == "none"
+    assert cfg_json["metadata"] == {"sae_lens_version": sl.SAELENS_VERSION, "sae_lens_training_version": None,
+                                    "hook_head_index": None, "hook_name": "blocks.0.hook_resid_post",
+                                    "model_name": "toy"}
     assert cfg_json["hook_name"] == "blocks.0.hook_resid_post" and cfg_json["model_name"] == "toy"
     assert cfg_json["custom_field"] == {"a": [1, 2]}
     if architecture == "topk":
-        assert cfg_json["activation_fn_kwargs"] == {"k": 3} and cfg_json["k"] == 3
-        assert cfg_json["activation_fn_str"] == "topk"
+        assert cfg_json["k"] == 3 and cfg_json["rescale_acts_by_decoder_norm"] is False
+    assert "activation_fn_kwargs" not in cfg_json and "activation_fn_str" not in cfg_json
 
     loaded, cfg = sl.from_saelens(directory)
-    assert cfg == cfg_json
+    assert cfg == cfg_json  # what is written here is already in the form the reader returns
     assert set(loaded) == set(weights)
     for name, array in weights.items():
         assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape
@@ -277,11 +278,14 @@ def test_saelens_loads_unknown_fields_and_v6_metadata(tmp_path, rng):
     directory.mkdir()
     st.save_file(tensors, directory / "sae_weights.safetensors")
     cfg = {"architecture": "jumprelu", "d_in": 3, "d_sae": 4, "dtype": "float32", "reshape_activations": "none",
-           "metadata": {"hook_name": "blocks.2.hook_mlp_out", "model_name": "gpt2", "extra": 1}}
+           "l0_coefficient": 2.0, "jumprelu_sparsity_loss_mode": "tanh", "decoder_init_norm": None,
+           "metadata": {"hook_name": "blocks.2.hook_mlp_out", "model_name": "gpt2", "extra": 1,
+                        "seqpos_slice": [None], "training_architecture": "jumprelu"}}
     (directory / "cfg.json").write_text(json.dumps(cfg))
     loaded, cfg_loaded = sl.from_saelens(directory)
     assert cfg_loaded["hook_name"] == "blocks.2.hook_mlp_out" and cfg_loaded["model_name"] == "gpt2"
     assert cfg_loaded["reshape_activations"] == "none" and cfg_loaded["metadata"]["extra"] == 1
+    assert cfg_loaded["jumprelu_sparsity_loss_mode"] == "tanh"  # a training-only field: kept, not read
     np.testing.assert_array_equal(loaded["threshold"], weights["threshold"])
 
 
@@ -290,6 +294,105 @@ def _write_dir(directory: Path, tensors: dict, cfg: dict) -> Path:
     st.save_file(tensors, directory / "sae_weights.safetensors")
     (directory / "cfg.json").write_text(json.dumps(cfg))
     return directory
+
+
+def test_saelens_hook_name_may_be_unknown_but_not_contradictory(tmp_path, rng):
+    tensors, cfg = sl.to_saelens(_our_weights("standard", 3, 4, rng), _cfg("standard"))
+    bare = {k: v for k, v in cfg.items() if k not in ("hook_name", "model_name", "metadata")}
+    versioned = {**bare, "metadata": {"sae_lens_version": "6.1"}}
+    _, loaded = sl.from_saelens(_write_dir(tmp_path / "bare", tensors, versioned))
+    assert loaded["hook_name"] is None and loaded["model_name"] is None
+    _, legacy = sl.from_saelens(_write_dir(tmp_path / "legacy", tensors, {**bare, "hook_point": "blocks.1.hook_z"}))
+    assert legacy["hook_name"] == "blocks.1.hook_z"
+    clash = {**cfg, "metadata": {**cfg["metadata"], "hook_name": "blocks.9.hook_resid_pre"}}
+    with pytest.raises(sl.SAELensFormatError, match="'hook_name' and 'metadata.hook_name' disagree"):
+        sl.from_saelens(_write_dir(tmp_path / "clash", tensors, clash))
+    with pytest.raises(sl.SAELensFormatError, match="field 'metadata.hook_name' = 3 is invalid: must be a string"):
+        sl.from_saelens(_write_dir(tmp_path / "type", tensors, {**bare, "metadata": {"hook_name": 3}}))
+    written = sl.saelens_cfg({"architecture": "standard"}, d_in=3, d_sae=4, dtype="float32")
+    assert written["hook_name"] is None and written["metadata"]["hook_name"] is None
+
+
+def _pre_activations_saelens(tensors: dict, cfg: dict, x: np.ndarray) -> np.ndarray:
+    """SAELens's standard/topk pre-activations (float64), from its cfg fields."""
+    x_in = x - tensors["b_dec"] * cfg.get("apply_b_dec_to_input", True)
+    z = x_in @ tensors["W_enc"] + tensors["b_enc"]
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        z = z * np.linalg.norm(tensors["W_dec"], axis=1)
+    return z
+
+
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+@pytest.mark.parametrize("rescale", [None, False, True])
+def test_saelens_folds_b_dec_and_decoder_norm_rescaling_exactly(rng, apply_b_dec, rescale):
+    """apply_b_dec_to_input false and rescale_acts_by_decoder_norm true load as equivalent weights in
+    our convention: the same pre-activations and the same decoding of SAELens's latents."""
+    tensors = {"W_enc": rng.standard_normal((5, 7)), "b_enc": rng.standard_normal(7),
+               "W_dec": rng.standard_normal((7, 5)) * rng.uniform(0.2, 3.0, (7, 1)), "b_dec": rng.standard_normal(5)}
+    cfg = {"architecture": "topk", "d_in": 5, "d_sae": 7, "k": 3, "apply_b_dec_to_input": apply_b_dec}
+    if rescale is not None:
+        cfg["rescale_acts_by_decoder_norm"] = rescale
+    weights, out = sl.from_saelens_tensors(tensors, cfg)
+    assert out["apply_b_dec_to_input"] is True and out.get("rescale_acts_by_decoder_norm", False) is False
+    x = rng.standard_normal((9, 5))
+    z_ours = (x - weights["b_dec"]) @ weights["W_enc"].T + weights["b_enc"]
+    np.testing.assert_allclose(z_ours, _pre_activations_saelens(tensors, cfg, x), rtol=1e-12, atol=1e-12)
+    f = np.maximum(z_ours, 0.0)
+    scale = 1.0 / np.linalg.norm(tensors["W_dec"], axis=1) if rescale else 1.0
+    np.testing.assert_allclose(f @ weights["W_dec"].T + weights["b_dec"],
+                               (f * scale) @ tensors["W_dec"] + tensors["b_dec"], rtol=1e-12, atol=1e-12)
+
+
+def test_saelens_gated_b_dec_fold(rng):
+    t = {"W_enc": rng.standard_normal((4, 6)), "b_gate": rng.standard_normal(6), "r_mag": rng.standard_normal(6) * 0.3,
+         "b_mag": rng.standard_normal(6), "W_dec": rng.standard_normal((6, 4)), "b_dec": rng.standard_normal(4)}
+    cfg = {"architecture": "gated", "d_in": 4, "d_sae": 6, "apply_b_dec_to_input": False}
+    weights, _ = sl.from_saelens_tensors(t, cfg)
+    x = rng.standard_normal((5, 4))
+    xw = (x - weights["b_dec"]) @ weights["W_enc"].T
+    np.testing.assert_allclose(xw + weights["b_gate"], x @ t["W_enc"] + t["b_gate"], atol=1e-12)
+    np.testing.assert_allclose(np.exp(weights["r_mag"]) * xw + weights["b_mag"],
+                               x @ (t["W_enc"] * np.exp(t["r_mag"])) + t["b_mag"], atol=1e-12)
+
+
+def test_saelens_training_checkpoint_tensors(rng):
+    """A batchtopk checkpoint loads as the JumpReLU SAELens's save_inference_model makes of it;
+    an older jumprelu checkpoint's log_threshold becomes the threshold; a legacy scaling_factor of
+    ones is dropped, any other refused."""
+    base = {"W_enc": rng.standard_normal((4, 6)).astype(np.float32), "b_enc": rng.standard_normal(6).astype(np.float32),
+            "W_dec": rng.standard_normal((6, 4)).astype(np.float32), "b_dec": rng.standard_normal(4).astype(np.float32)}
+    cfg = {"architecture": "batchtopk", "d_in": 4, "d_sae": 6, "k": 2.5, "rescale_acts_by_decoder_norm": False,
+           "topk_threshold_lr": 0.01}
+    weights, out = sl.from_saelens_tensors({**base, "topk_threshold": np.array(0.375, np.float64)}, cfg)
+    assert out["architecture"] == "jumprelu" and out["k"] == 2.5
+    np.testing.assert_array_equal(weights["threshold"], np.full(6, 0.375, np.float32))
+    assert weights["threshold"].dtype == np.float32
+    with pytest.raises(sl.SAELensFormatError, match=r"'topk_threshold' has shape \(1,\), expected \(\)"):
+        sl.from_saelens_tensors({**base, "topk_threshold": np.array([0.375])}, cfg)
+    with pytest.raises(sl.SAELensFormatError, match="batchtopk field 'k' = None is invalid: must be a number > 0"):
+        sl.from_saelens_tensors({**base, "topk_threshold": np.array(0.375)}, {**cfg, "k": None})
+
+    log_threshold = rng.standard_normal(6).astype(np.float32)
+    weights, _ = sl.from_saelens_tensors({**base, "log_threshold": log_threshold}, {**cfg, "architecture": "jumprelu"})
+    np.testing.assert_allclose(weights["threshold"], np.exp(log_threshold), rtol=1e-7)
+
+    ones = {**base, "scaling_factor": np.ones(6, np.float32)}
+    assert set(sl.weights_from_saelens(ones, {**cfg, "architecture": "standard"})) == set(base)
+    with pytest.raises(sl.SAELensFormatError, match="'scaling_factor'.*finetuning_scaling_factor is not supported"):
+        sl.weights_from_saelens({**ones, "scaling_factor": np.full(6, 2.0, np.float32)},
+                                {**cfg, "architecture": "standard"})
+
+
+def test_saelens_pre_6_topk_is_read_as_sae_lens_reads_it(rng):
+    tensors, _ = sl.to_saelens(_our_weights("standard", 3, 4, rng), _cfg("standard"))
+    legacy = {"architecture": "standard", "d_in": 3, "d_sae": 4, "activation_fn_str": "topk",
+              "activation_fn_kwargs": {"k": 2}, "hook_point": "blocks.0.hook_resid_pre",
+              "sae_lens_training_version": "4.1"}
+    _, out = sl.from_saelens_tensors(tensors, legacy)
+    assert out["architecture"] == "topk" and out["hook_name"] == "blocks.0.hook_resid_pre"
+    v6 = {**legacy, "metadata": {"sae_lens_version": "6.2.0"}}  # SAELens 6 ignores activation_fn_str there
+    with pytest.raises(sl.SAELensFormatError, match="'activation_fn_str' = 'topk' is not supported for a standard SAE"):
+        sl.from_saelens_tensors(tensors, v6)
 
 
 def test_saelens_load_errors(tmp_path, rng):
@@ -311,10 +414,11 @@ def test_saelens_load_errors(tmp_path, rng):
         sl.from_saelens(_write_dir(tmp_path / "nodin", tensors, {k: v for k, v in cfg.items() if k != "d_in"}))
     with pytest.raises(sl.SAELensFormatError, match="field 'architecture' = 'relu' is invalid: must be one of"):
         sl.from_saelens(_write_dir(tmp_path / "arch", tensors, {**cfg, "architecture": "relu"}))
+    with pytest.raises(sl.SAELensFormatError, match="field 'dtype' = 'int8' is invalid: must be a string naming"):
+        sl.from_saelens(_write_dir(tmp_path / "dtype", tensors, {**cfg, "dtype": "int8"}))
     topk_tensors = {k: v for k, v in tensors.items() if k != "threshold"}
     with pytest.raises(sl.SAELensFormatError, match="topk cfg is missing 'k'"):
-        sl.from_saelens(_write_dir(tmp_path / "nok", topk_tensors,
-                                   {**cfg, "architecture": "topk", "activation_fn_str": "topk"}))
+        sl.from_saelens(_write_dir(tmp_path / "nok", topk_tensors, {**cfg, "architecture": "topk", "k": None}))
     with pytest.raises(FileNotFoundError, match="has no cfg.json"):
         directory = tmp_path / "nocfg"
         directory.mkdir()
@@ -338,8 +442,13 @@ def test_saelens_save_errors(tmp_path, rng):
         ({**weights, "b_dec": np.zeros(4, np.float32)}, _cfg("standard"), r"'b_dec' has shape \(4,\), expected \(3,\)"),
         (weights, _cfg("standard", d_in=7), "'d_in' is 7 but the weights give 3"),
         (weights, _cfg("standard", dtype="float16"), "'dtype' is 'float16' but the weights give 'float32'"),
-        (weights, {"architecture": "standard", "model_name": "toy"}, "'hook_name' is required"),
+        (weights, _cfg("standard", hook_name=3), "field 'hook_name' = 3 is invalid: must be a string or null"),
+        (weights, _cfg("standard", metadata={"model_name": "other"}), "'model_name' = 'toy' disagrees with 'metadata"),
         (weights, {"hook_name": "h", "model_name": "toy"}, "missing required field 'architecture'"),
+        (weights, _cfg("batchtopk"), r"'batchtopk' is not one of \['gated', 'jumprelu', 'standard', 'topk'\]"),
+        (weights, _cfg("standard", apply_b_dec_to_input=False), "'apply_b_dec_to_input' = False is not supported when"),
+        (weights, _cfg("topk", rescale_acts_by_decoder_norm=True), "'rescale_acts_by_decoder_norm' = True is not supp"),
+        (weights, _cfg("standard", normalize_activations="layer_norm"), "'normalize_activations' = 'layer_norm' is"),
         (weights, _cfg("topk", k=9), r"k must be an int in \[1, d_sae=4\]"),
         (weights, _cfg("topk", activation_fn_kwargs={"k": 2}), r"conflicting k values \[2, 3\]"),
         ({**weights, "W_enc": weights["W_enc"].astype(np.int32)}, _cfg("standard"), "not a SAELens float dtype"),
@@ -348,8 +457,10 @@ def test_saelens_save_errors(tmp_path, rng):
         with pytest.raises(sl.SAELensFormatError, match=message):
             sl.save_saelens(tmp_path / "sae", bad_weights, cfg)
     assert not (tmp_path / "sae").exists()  # validation precedes any write
-    tensors, cfg_json = sl.to_saelens(weights, _cfg("topk", activation_fn_kwargs={"k": 3}))
-    assert cfg_json["k"] == 3 and cfg_json["activation_fn_kwargs"] == {"k": 3}
+    tensors, cfg_json = sl.to_saelens(weights, {**_cfg("topk", activation_fn_kwargs={"k": 3}), "k": None})
+    assert cfg_json["k"] == 3 and "activation_fn_kwargs" not in cfg_json  # the legacy spelling of k
+    _, cfg_json = sl.to_saelens(weights, _cfg("standard", metadata={"sae_lens_version": "5.0", "l0": 3.5}))
+    assert cfg_json["metadata"]["sae_lens_version"] == sl.SAELENS_VERSION and cfg_json["metadata"]["l0"] == 3.5
 
 
 def test_saelens_accepts_jax_arrays(tmp_path, rng):
@@ -359,30 +470,44 @@ def test_saelens_accepts_jax_arrays(tmp_path, rng):
     assert all(np.array_equal(loaded[k], weights[k]) for k in weights)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("apply_b_dec_to_input", False),
+_REFUSED = [
     ("normalize_activations", "layer_norm"),
+    ("normalize_activations", "constant_norm_rescale"),
     ("normalize_activations", "expected_average_only_in"),
+    ("normalize_activations", "covariance_whitening"),
+    ("normalize_activations", True),
     ("rescale_acts_by_decoder_norm", True),
     ("reshape_activations", "hook_z"),
     ("finetuning_scaling_factor", True),
     ("hook_head_index", 3),
+    ("hook_point_head_index", 3),
+    ("metadata.hook_head_index", 3),
     ("activation_fn_str", "tanh-relu"),
-])
+    ("activation_fn", "tanh-relu"),
+]
+_IMPLEMENTED = {"normalize_activations": "none", "rescale_acts_by_decoder_norm": False, "reshape_activations": "none",
+                "finetuning_scaling_factor": False, "hook_head_index": None, "hook_point_head_index": None,
+                "metadata.hook_head_index": None, "activation_fn_str": "relu", "activation_fn": "relu"}
+
+
+def _with(cfg: dict, field: str, value) -> dict:
+    if field.startswith("metadata."):
+        return {**cfg, "metadata": {**cfg.get("metadata", {}), field.removeprefix("metadata."): value}}
+    return {**cfg, field: value}
+
+
+@pytest.mark.parametrize(("field", "value"), _REFUSED)
 def test_saelens_cfg_asking_for_unimplemented_behaviour_is_refused(tmp_path, rng, field, value):
     """Loading and saving refuse a field whose value would make our encodings wrong, naming it."""
     weights = _our_weights("standard", 3, 4, rng)
     tensors, cfg = sl.to_saelens(weights, _cfg("standard"))
-    directory = _write_dir(tmp_path / "sae", tensors, {**cfg, field: value})
-    with pytest.raises(sl.SAELensFormatError, match=rf"field '{field}' = .* is not supported: must be"):
+    directory = _write_dir(tmp_path / "sae", tensors, _with(cfg, field, value))
+    with pytest.raises(sl.SAELensFormatError, match=rf"field '{field}' = .* is not supported.*: must be"):
         sl.from_saelens(directory)
-    with pytest.raises(sl.SAELensFormatError, match=rf"field '{field}' = .* is not supported"):
-        sl.to_saelens(weights, {**_cfg("standard"), field: value})
+    with pytest.raises(sl.SAELensFormatError, match=rf"'{field}' = .* is not supported"):
+        sl.to_saelens(weights, _with(_cfg("standard"), field, value))
     # the implemented values of the same fields load
-    ok = {"apply_b_dec_to_input": True, "normalize_activations": "none", "rescale_acts_by_decoder_norm": False,
-          "reshape_activations": "none", "finetuning_scaling_factor": False, "hook_head_index": None,
-          "activation_fn_str": "relu"}
-    loaded, _ = sl.from_saelens(_write_dir(tmp_path / "ok", tensors, {**cfg, field: ok[field]}))
+    loaded, _ = sl.from_saelens(_write_dir(tmp_path / "ok", tensors, _with(cfg, field, _IMPLEMENTED[field])))
     np.testing.assert_array_equal(loaded["W_enc"], weights["W_enc"])
 
 
