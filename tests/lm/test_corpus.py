@@ -1,4 +1,4 @@
-"""Corpus loading, split, windows, unigram baselines, and the byte / BPE tokenizers."""
+"""Corpus loading, split, windows and unigram baselines (the tokenizers: test_tokenizers.py)."""
 
 import math
 import zlib
@@ -20,7 +20,7 @@ from superpos_jax.lm.corpus import (
     unigram_cross_entropy,
     unigram_entropy,
 )
-from superpos_jax.lm.tokenizers import BPETokenizer, ByteTokenizer, train_bpe
+from superpos_jax.lm.tokenizers import ByteTokenizer
 
 
 def _make_tree(root):
@@ -199,44 +199,3 @@ def test_unigram_baselines_closed_forms():
     assert unigram_cross_entropy(train, val, 3) == pytest.approx(expected)
     with pytest.raises(ValueError, match="must lie in"):
         unigram_entropy(np.array([5]), 4)
-
-
-def test_byte_tokenizer_round_trip():
-    tok = ByteTokenizer()
-    for text in ["", "plain ascii", "héllo wörld", "日本語テキスト", "emoji 🙂 mix\n\ttabs", "\x00nul"]:
-        ids = tok.encode(text)
-        assert ids.dtype == np.int32 and ids.size == len(text.encode("utf-8"))
-        assert tok.decode(ids) == text
-    assert tok.decode(tok.encode("日")[:2]) == "\ufffd"
-    with pytest.raises(ValueError):
-        tok.decode([256])
-
-
-def test_bpe_merges_closed_form_and_overlaps():
-    tok = train_bpe(b"aaabdaaabac", 1)
-    assert tok.merges == ((97, 97),)  # "aa": 4 overlapping occurrences, the most frequent pair
-    np.testing.assert_array_equal(tok.encode("aaab"), [256, 97, 98])
-    np.testing.assert_array_equal(tok.encode("aaaa"), [256, 256])
-    tok3 = train_bpe(b"ab\x00ab\x00ab\x00", 5)
-    assert all(SEPARATOR not in pair for pair in tok3.merges)
-    assert tok3.merges[0] == (97, 98)
-
-
-def test_bpe_round_trip_and_json(tmp_path, rng):
-    corpus = load_corpus(max_bytes=120_000)
-    tok = train_bpe(corpus.train, 200)
-    assert tok.vocab_size == 456
-    ids = tok.encode_bytes(corpus.val)
-    assert ids.dtype == np.int32 and ids.max() < tok.vocab_size
-    assert ids.size < 0.6 * corpus.val.size  # merges learned on train compress held-out code
-    assert tok.decode_bytes(ids) == corpus.val.tobytes()
-    random_bytes = rng.integers(0, 256, size=2000).astype(np.uint8)
-    assert tok.decode_bytes(tok.encode_bytes(random_bytes)) == random_bytes.tobytes()
-    text = "naïve café 日本 — def f(self):\n    return 1"
-    assert tok.decode(tok.encode(text)) == text
-    tok.save(tmp_path / "merges.json")
-    loaded = BPETokenizer.load(tmp_path / "merges.json")
-    assert loaded.merges == tok.merges
-    np.testing.assert_array_equal(loaded.encode_bytes(corpus.val), ids)
-    with pytest.raises(ValueError, match="does not exist yet"):
-        BPETokenizer([(300, 1)])
