@@ -5,7 +5,8 @@
                  [--KEY=VALUE ...] [--tensorboard DIR] [execution options]
     superpos run NAME --help          every config field: type, default, constraint; --quick
     superpos resume DIR [--tensorboard DIR] [execution options]
-    superpos steer RUN --feature N --value X [--values X ...] [--n-new K] "prompt"
+    superpos steer RUN "prompt" --feature N --value X [--feature M --value Y ...] [--values X ...]
+                   [--n-new K]
 
 `list` reads the experiments' names without importing them and shows a module that cannot
 run as broken, with the reason; `list --check` imports every module to be sure (exit 1 when
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -329,27 +331,47 @@ def cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _steer_settings(args: argparse.Namespace) -> tuple[list[int], list[list[float]]]:
+    """The features and clamp settings of `superpos steer`: the i-th --value clamps the i-th
+    --feature; --values are further values of the last --feature, the others held (each a
+    setting of its own). Checked here, before the run is loaded."""
+    from superpos_jax.lm.steering import MAX_CLAMP
+
+    features, values, sweep = list(args.feature), list(args.value or []), list(args.values or [])
+    for i, f in enumerate(features):
+        if f in features[:i]:
+            raise ConfigError(f"--feature {f} is given twice: each feature is clamped to one value")
+    # the last feature may take all its values from --values
+    if not (len(values) == len(features) or (sweep and len(values) == len(features) - 1)):
+        also = " (with --values, the last --feature may go without one)" if sweep else ""
+        raise ConfigError(f"--feature is given {len(features)} time(s) and --value {len(values)} time(s): give one "
+                          f"--value per --feature, in order (the i-th --value clamps the i-th --feature){also}")
+    for flag, vs, owner in (("--value", values, features), ("--values", sweep, [features[-1]] * len(sweep))):
+        for v, f in zip(vs, owner):
+            if not (math.isfinite(v) and abs(v) <= MAX_CLAMP):
+                raise ConfigError(f"{flag} {v!r} (for --feature {f}) is invalid: a clamp value must be a finite "
+                                  f"number in [-{MAX_CLAMP:g}, {MAX_CLAMP:g}]")
+    held = values[: len(features) - 1]
+    last = values[len(features) - 1 :] + sweep
+    return features, [held + [v] for v in last]
+
+
 def cmd_steer(args: argparse.Namespace, extra: list[str]) -> int:
     _no_extra(extra)
     from superpos_jax.lm import steering
-    from superpos_jax.lm.tokenizers import ByteTokenizer
-
-    values = list(args.values or [])
-    if args.value is not None:
-        values.insert(0, args.value)
-    if not values:
-        raise ConfigError("give --value X (and optionally --values X1 X2 ... for a sweep)")
+    features, settings = _steer_settings(args)
     run = steering.load_run(args.run)
-    steering.check_request(run, args.feature, args.prompt, values=values, n_new=args.n_new)
+    steering.check_request(run, features, args.prompt, values=settings, n_new=args.n_new)
     print(f"prompt: {args.prompt!r}")
-    print(f"unsteered: {steering.steer_generate(run, args.prompt, args.feature, None, args.n_new)!r}")
-    for v in values:
-        print(f"feature {args.feature} = {v:g}: {steering.steer_generate(run, args.prompt, args.feature, v, args.n_new)!r}")
-    probs = steering.next_token_sweep(run, args.prompt, args.feature, values)
-    decode = ByteTokenizer().decode
-    for v, p in zip(values, probs):
+    print(f"unsteered: {steering.steer_generate(run, args.prompt, features, None, args.n_new)!r}")
+    labels = [", ".join(f"feature {f} = {v:g}" for f, v in zip(features, s)) for s in settings]
+    for label, text in zip(labels, steering.steer_generate_sweep(run, args.prompt, features, settings, args.n_new)):
+        print(f"{label}: {text!r}")
+    probs = steering.next_token_sweep(run, args.prompt, features, settings)
+    decode = run.tokenizer.decode
+    for label, p in zip(labels, probs):
         top = p.argsort()[::-1][:5]
-        print(f"  next token at {v:g}: " + ", ".join(f"{decode([int(t)])!r} {p[t]:.2f}" for t in top))
+        print(f"  next token at {label}: " + ", ".join(f"{decode([int(t)])!r} {p[t]:.2f}" for t in top))
     return 0
 
 
@@ -396,13 +418,24 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--tensorboard", metavar="DIR", help="TensorBoard events in DIR (default: the run's own choice)")
     _add_execution_options(resume)
     resume.set_defaults(func=cmd_resume)
-    steer = sub.add_parser("steer", help="generate with one SAE feature of a run clamped", allow_abbrev=False)
+    steer = sub.add_parser(
+        "steer", help="generate with SAE features of a run clamped", allow_abbrev=False,
+        description="Clamp one or more SAE features of a run (the SAE's error term kept) and show the greedy "
+                    "continuation and the next-token distribution, unsteered and for every clamp setting.",
+        epilog="Several features: repeat --feature N --value X; the i-th --value clamps the i-th --feature, "
+               "all at once. --values X ... are further values of the last --feature, the others held at their "
+               "--value: each value is one setting, and all settings run as one vmapped call (with --values the "
+               "last --feature may go without a --value). E.g. --feature 3 --value 2 --feature 5 --value 0 "
+               "--values 10 20 runs (3=2, 5=0), (3=2, 5=10), (3=2, 5=20).")
     steer.add_argument("run", help="a run directory with model/ and sae/ (e.g. from `run monosemanticity`)")
     steer.add_argument("prompt")
-    steer.add_argument("--feature", type=int, required=True, help="SAE feature index")
-    steer.add_argument("--value", type=float, help="clamp value")
-    steer.add_argument("--values", type=float, nargs="+", help="more clamp values (one vmapped next-token sweep)")
-    steer.add_argument("--n-new", type=int, default=40, help="bytes to generate")
+    steer.add_argument("--feature", type=int, action="append", required=True, metavar="N",
+                       help="SAE feature index; repeat to clamp several features (distinct) at once")
+    steer.add_argument("--value", type=float, action="append", metavar="X",
+                       help="clamp value of the --feature in the same position (repeat, one per --feature)")
+    steer.add_argument("--values", type=float, nargs="+", metavar="X",
+                       help="more values of the last --feature, the others held: a sweep, one vmapped call")
+    steer.add_argument("--n-new", type=int, default=40, help="tokens to generate (bytes for a byte-level model)")
     steer.set_defaults(func=cmd_steer)
     return parser
 

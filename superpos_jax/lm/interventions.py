@@ -20,12 +20,15 @@ ZeroAblate()                   0
 MeanAblate(mean)               mean (e.g. the activation averaged over a dataset)
 AddDirection(direction, s)     x + s · direction
 ClampFeature(sae, i, c)        x − x̂ + x̂′ = x + (c − f_i(x)) d_i   (SAE error term kept)
+ClampFeatures(sae, is, cs)     x − x̂ + x̂′ = x + Σ_j (c_j − f_{i_j}(x)) d_{i_j}   (distinct i_j)
 SpliceSAE(sae)                 x̂ = sae.decode(sae.encode(x))
 Compose(h₁, h₂, ...)           h_n(… h₂(h₁(x)))
 =============================  ========================================================
 
-`ClampFeature` and `SpliceSAE` take one trained `superpos_jax.sae.SAE` and read the activation's
-last axis as its d_in and every other axis as rows ((batch, pos, d) -> batch·pos rows).
+`ClampFeature`, `ClampFeatures` and `SpliceSAE` take one trained `superpos_jax.sae.SAE` and read
+the activation's last axis as its d_in and every other axis as rows ((batch, pos, d) -> batch·pos
+rows). `ClampFeatures` clamps a set of features at once, its feature indices and values traced
+arrays: a sweep over settings, values (n_settings, n_features), is one `jax.vmap`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
@@ -118,6 +122,40 @@ class AddDirection(Intervention):
         return _apply(self.mask, x + jnp.broadcast_to(shift, x.shape), x)
 
 
+def _concrete(a: Array) -> np.ndarray | None:
+    """`a` as a numpy array, or None when it is traced (its values unknown until run time)."""
+    try:
+        return np.asarray(a)
+    except jax.errors.TracerArrayConversionError:
+        return None
+
+
+def _clamp(sae: SAE, features: Array, values: Array, mask: Array | None, x: Array) -> Array:
+    """x + Σ_j (values_j − f_{features_j}(x)) d_{features_j} where `mask`; `values` broadcast to
+    x.shape[:-1] + (n,)."""
+    n = features.shape[0]
+    f = sae.encode(x)[..., features]  # (..., n)
+    w = sae.decoder[:, features].T.astype(x.dtype)  # (n, d_in)
+    delta = jnp.broadcast_to(values.astype(x.dtype), x.shape[:-1] + (n,)) - f
+    shift = jnp.einsum("...n,nd->...d", delta, w, precision=jax.lax.Precision.HIGHEST)
+    return _apply(mask, x + shift, x)
+
+
+def _check_features(cls: str, sae: SAE, features: Array) -> None:
+    """Refuse concrete feature indices that are out of range or repeated (traced ones are not seen)."""
+    known = _concrete(features)
+    if known is None:
+        return
+    d_sae = sae.d_sae
+    bad = known[(known < 0) | (known >= d_sae)]
+    if bad.size:
+        raise ValueError(f"{cls}: feature {int(bad[0])} is out of range: the SAE has {d_sae} features (0..{d_sae - 1})")
+    values, counts = np.unique(known, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"{cls}: feature {int(values[counts > 1][0])} is given {int(counts.max())} times: "
+                         f"the features must be distinct (each is clamped to one value)")
+
+
 class ClampFeature(Intervention):
     """Clamp SAE latent `feature` to `value`, keeping the SAE's error term, where `mask`.
 
@@ -126,6 +164,8 @@ class ClampFeature(Intervention):
     computed in the second form (exact identity when value = f_i). `feature` (int scalar) and
     `value` (float, a scalar or an array broadcastable to the activation's shape without its
     last axis, e.g. (batch, pos)) may be traced, e.g. vmapped over a sweep of clamp values.
+    The one-feature case of `ClampFeatures` (same math). A concrete `feature` out of range is
+    a ValueError.
     """
 
     sae: SAE
@@ -146,12 +186,66 @@ class ClampFeature(Intervention):
         self.feature = jnp.asarray(feature).astype(jnp.int32)
         self.value = jnp.asarray(value).astype(jnp.float32)
         self.mask = _mask(mask)
+        _check_features("ClampFeature", sae, self.feature.reshape(1))
 
     def __call__(self, x: Array) -> Array:
-        f_i = self.sae.encode(x)[..., self.feature]
-        w_i = self.sae.decoder[:, self.feature].astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
-        value = jnp.broadcast_to(self.value.astype(x.dtype), x.shape[:-1])
-        return _apply(self.mask, x + (value - f_i)[..., None] * w_i, x)
+        return _clamp(self.sae, self.feature.reshape(1), self.value[..., None], self.mask, x)
+
+
+class ClampFeatures(Intervention):
+    """Clamp a set of SAE latents, `features[j]` to `values[..., j]`, keeping the SAE's error
+    term, where `mask`.
+
+    With f = sae.encode(x), x̂ = sae.decode(f) and x̂′ the decode of f with f_{i_j} := c_j for
+    every j, the result is x − x̂ + x̂′ = x + Σ_j (c_j − f_{i_j}) d_{i_j} (d_i the SAE's raw-unit
+    decoder column), computed in the second form (exact identity when every c_j = f_{i_j});
+    because the decoder is linear in f this equals clamping the features one at a time, each
+    clamp reading the original activation's latents.
+
+    Args:
+        sae: the trained SAE reading this hook point.
+        features: int (n,), the latents to clamp; distinct (a concrete array with a repeat or an
+            index outside 0..d_sae − 1 is a ValueError; a traced one is not checked).
+        values: float, broadcastable to the activation's shape without its last axis plus (n,):
+            (n,) clamps everywhere, (batch, pos, n) per position, a scalar clamps every feature
+            to one value.
+        mask: where to clamp (see the module docstring); None: everywhere.
+
+    `features` and `values` are traced: a sweep over clamp settings, values (n_settings, n), is
+    `jax.vmap(lambda v: forward(..., {hook: ClampFeatures(sae, features, v)}))`, one compiled call.
+    """
+
+    sae: SAE
+    features: Array
+    values: Array
+    mask: Array | None
+
+    def __init__(
+        self,
+        sae: SAE,
+        features: Int[ArrayLike, " n"] | Sequence[int],
+        values: Float[ArrayLike, "..."] | Sequence[float] | float | int,
+        mask: ArrayLike | None = None,
+    ):
+        if not isinstance(sae, SAE):
+            raise ValueError(f"ClampFeatures needs an SAE (superpos_jax.sae.SAE), got {type(sae).__name__}")
+        features_arr = jnp.asarray(features)
+        if features_arr.ndim != 1 or not (features_arr.size == 0 or jnp.issubdtype(features_arr.dtype, jnp.integer)):
+            raise ValueError(f"ClampFeatures: features must be a 1-D array of ints, got shape {features_arr.shape} "
+                             f"and dtype {features_arr.dtype}")
+        values_arr = jnp.asarray(values)
+        n = features_arr.shape[0]
+        if values_arr.ndim > 0 and values_arr.shape[-1] not in (1, n):
+            raise ValueError(f"ClampFeatures: values of shape {values_arr.shape} do not fit {n} features: "
+                             f"their last axis must be {n} (or 1)")
+        self.sae = sae
+        self.features = features_arr.astype(jnp.int32)
+        self.values = values_arr.astype(jnp.float32)
+        self.mask = _mask(mask)
+        _check_features("ClampFeatures", sae, self.features)
+
+    def __call__(self, x: Array) -> Array:
+        return _clamp(self.sae, self.features, self.values, self.mask, x)
 
 
 class SpliceSAE(Intervention):

@@ -175,11 +175,11 @@ def test_the_steerable_fixture_steers(steerable, capsys):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["--value", "inf"], ["clamp value inf is invalid", "finite"]),
-    (["--value", "nan"], ["clamp value nan is invalid"]),
-    (["--value", "1e30"], ["clamp value 1e+30 is invalid", "1e+06"]),
-    (["--value=-1e7"], ["clamp value -10000000.0 is invalid"]),
-    (["--value", "1", "--values", "2", "inf"], ["clamp value inf is invalid"]),
+    (["--value", "inf"], ["--value inf (for --feature 3) is invalid", "finite"]),
+    (["--value", "nan"], ["--value nan (for --feature 3) is invalid"]),
+    (["--value", "1e30"], ["--value 1e+30 (for --feature 3) is invalid", "1e+06"]),
+    (["--value=-1e7"], ["--value -10000000.0 (for --feature 3) is invalid"]),
+    (["--value", "1", "--values", "2", "inf"], ["--values inf (for --feature 3) is invalid"]),
     (["--value", "1", "--n-new", "-5"], ["--n-new = -5 is invalid", "positive integer"]),
     (["--value", "1", "--n-new", "0"], ["--n-new = 0 is invalid"]),
 ], ids=["inf", "nan", "huge", "huge-negative", "inf-in-values", "n-new-negative", "n-new-zero"])
@@ -204,8 +204,14 @@ def _set(key, value):
     return lambda d: {**d, key: value}
 
 
-def _drop(key):
-    return lambda d: {k: v for k, v in d.items() if k != key}
+def _set_hook_name(hook):
+    """Set the SAE's hook point where the cfg says it: at top level and in `metadata`."""
+    return lambda d: {**d, "hook_name": hook, "metadata": {**d.get("metadata", {}), "hook_name": hook}}
+
+
+def _drop_hook_name(d):
+    metadata = {k: v for k, v in d.get("metadata", {}).items() if k != "hook_name"}
+    return {**{k: v for k, v in d.items() if k != "hook_name"}, "metadata": metadata}
 
 
 BROKEN = {
@@ -221,11 +227,11 @@ BROKEN = {
     "sae-cfg-garbage": (lambda r: (r / "sae" / "cfg.json").write_text("nope"), ["sae/cfg.json", "not valid JSON"]),
     "sae-cfg-deep": (lambda r: (r / "sae" / "cfg.json").write_text("[" * 100_000 + "]" * 100_000),
                      ["sae/cfg.json", "levels deep"]),
-    "sae-no-hook-name": (lambda r: _edit_json(r / "sae" / "cfg.json", _drop("hook_name")),
+    "sae-no-hook-name": (lambda r: _edit_json(r / "sae" / "cfg.json", _drop_hook_name),
                          ["sae/cfg.json", "required field 'hook_name' is missing"]),
-    "sae-hook-not-in-model": (lambda r: _edit_json(r / "sae" / "cfg.json", _set("hook_name", "blocks.7.mlp.post")),
+    "sae-hook-not-in-model": (lambda r: _edit_json(r / "sae" / "cfg.json", _set_hook_name("blocks.7.mlp.post")),
                               ["'blocks.7.mlp.post' is not a hook point of the model"]),
-    "sae-d-in-mismatch": (lambda r: _edit_json(r / "sae" / "cfg.json", _set("hook_name", "blocks.0.resid_post")),
+    "sae-d-in-mismatch": (lambda r: _edit_json(r / "sae" / "cfg.json", _set_hook_name("blocks.0.hook_resid_post")),
                           ["the SAE's d_in = 32", "'blocks.0.resid_post' has width 16"]),
     "sae-cfg-d-in-vs-weights": (lambda r: _edit_json(r / "sae" / "cfg.json", _set("d_in", 16)),
                                 ["sae/sae_weights.safetensors", "W_enc"]),
