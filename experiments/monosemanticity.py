@@ -10,9 +10,12 @@ Pipeline (each training stage is one compiled, checkpointed, resumable sweep):
 3. SAEs on them, one sweep over k (TopK) or λ; per SAE: L0, FVU, dead fraction and the CE
    loss recovered = (CE_zero-ablated − CE_spliced) / (CE_zero-ablated − CE_clean), with the
    SAE's reconstruction spliced in place of the MLP activations on validation windows;
-4. a feature browser (browser/index.html) for the best SAE and, for contrast, the MLP
-   neurons: density, top-activating contexts, promoted logits (direct path W_dec·W_out·W_U),
-   and the top-token purity of each unit (features vs neurons);
+4. a feature browser (browser/index.html, `superpos_jax.lm.browser`) for the best SAE and, for
+   contrast, the MLP neurons: per unit a page and a Neuronpedia-style JSON file with its
+   density and activation histogram, top and interval-sampled contexts, the logits it promotes
+   and suppresses (direct path W_dec·W_out through the final LayerNorm at its median scale, then
+   W_U) and its top-token purity (features vs neurons); and prompt pages (`BROWSER_PROMPTS`:
+   which features fire on each token);
 5. steering: a feature clamped to multiples of its maximum activation at every position,
    all clamp values in one vmapped call; the next-token distributions go into the summary.
 The trained model and the best SAE are saved (model/, sae/ in the SAELens layout) for
@@ -36,8 +39,9 @@ from . import common, lm_common
 from superpos_jax import plots
 from superpos_jax.lm import browser
 from superpos_jax.lm import steering
-from superpos_jax.config import PositiveFloat, PositiveInt, each, fail, library_errors, non_empty, one_of, positive
-from superpos_jax.lm.corpus import check_corpus, eval_windows, sample_windows, unigram_cross_entropy
+from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, each, fail, library_errors, non_empty,
+                                 one_of, positive)
+from superpos_jax.lm.corpus import check_corpus, sample_windows, unigram_cross_entropy
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
 from superpos_jax.rundir import RunDir
@@ -58,7 +62,14 @@ from superpos_jax.lm.io import save_transformer
 
 NAME = "monosemanticity"
 DESCRIPTION = "1-layer ReLU-MLP transformer on the stdlib source, SAEs on its MLP, feature browser, steering"
-HOOK = "blocks.0.mlp.post"
+BROWSER_PROMPTS = ("def __init__(self, name):", "for i in range(10):", "import os, sys")
+"""Prompt pages of the feature browser (cut to the model's n_ctx tokens); their top features get pages."""
+
+
+def hook(cfg: Config) -> str:
+    """The hook point the SAEs read: the MLP activations of block `cfg.layer` (TransformerLens name)."""
+    return f"blocks.{cfg.layer}.mlp.hook_post"
+
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,12 @@ class Config(common.RunConfig):
 
     corpus_dir: str | None = None
     """A directory of text files to train on instead of the standard library's source."""
+    pretrained: str | None = None
+    """A Hugging Face GPT-2-family checkpoint directory (config.json, model.safetensors and, for
+    a vocabulary other than bytes, tokenizer.json): the model is loaded, not trained (`model`,
+    `n_seeds`, `n_steps`, `lm_*` unused), and the corpus is tokenized with its tokenizer."""
+    layer: NonNegativeInt = 0
+    """The block whose MLP activations the SAEs read."""
     corpus_glob: Annotated[tuple[str, ...] | None, non_empty] = None
     """Glob patterns of the corpus files (`*.txt,*.md`; with a "/" matched against the relative
     path); none: `*.py` for the stdlib, every file of `corpus_dir` (binary files are skipped)."""
@@ -102,15 +119,21 @@ class Config(common.RunConfig):
         corpus_glob, max_bytes) with readable text in both splits, checked before any run directory;
         the SAE's `SAETraining` accepts the values."""
         super().check()
-        if self.model.d_vocab != 256:
-            fail("model.d_vocab", self.model.d_vocab, "256 (the corpus is byte tokens)")
-        if self.model.attn_only:
-            fail("model.attn_only", self.model.attn_only, f"false (the SAEs read {HOOK})")
-        if sae_lib.get(self.sae_kind).swept == "k" and any(c != int(c) or c > self.model.d_mlp * self.sae_expansion
+        lm_common.check_pretrained(self)
+        model = lm_common.model_config(self)
+        if self.pretrained is None and model.d_vocab != 256:
+            fail("model.d_vocab", model.d_vocab, "256 (the corpus is byte tokens; use `pretrained` for other vocabularies)")
+        if model.attn_only:
+            fail("model.attn_only", model.attn_only, f"false (the SAEs read {hook(self)})")
+        if self.layer >= model.n_layers:
+            fail("layer", self.layer, f"a block of the model, 0..{model.n_layers - 1}")
+        if sae_lib.get(self.sae_kind).swept == "k" and any(c != int(c) or c > model.d_mlp * self.sae_expansion
                                                           for c in self.sae_coefficients):
             fail("sae_coefficients", self.sae_coefficients, "integers k <= the dictionary size for a TopK SAE")
-        if len(self.steer_prompt.encode()) + 1 > self.model.n_ctx:
-            fail("steer_prompt", self.steer_prompt, f"shorter than model.n_ctx={self.model.n_ctx} bytes")
+        n_prompt = len(tokenizer_of(self).encode(self.steer_prompt))
+        if n_prompt < 1 or n_prompt + 1 > model.n_ctx:
+            fail("steer_prompt", self.steer_prompt, f"1 to {model.n_ctx - 1} tokens (model.n_ctx={model.n_ctx}), "
+                 f"it has {n_prompt}")
         if self.corpus_dir is not None and not Path(self.corpus_dir).is_dir():
             fail("corpus_dir", self.corpus_dir, "an existing directory of text files")
         with library_errors("corpus_dir" if self.corpus_dir is not None else "corpus_glob"):
@@ -127,17 +150,20 @@ QUICK = {
 }
 
 
+def tokenizer_of(cfg: Config) -> Any:
+    """The tokenizer of the config's model: bytes, or the `pretrained` checkpoint's."""
+    return ByteTokenizer() if cfg.pretrained is None else lm_common.load_tokenizer(
+        cfg.pretrained, required=lm_common.model_config(cfg).d_vocab != 256)
+
+
 def sae_training(cfg: Config) -> SAETraining:
-    return SAETraining(cfg.sae_kind, cfg.model.d_mlp, cfg.model.d_mlp * cfg.sae_expansion, batch_size=cfg.sae_batch,
+    d_mlp = lm_common.model_config(cfg).d_mlp
+    return SAETraining(cfg.sae_kind, d_mlp, d_mlp * cfg.sae_expansion, batch_size=cfg.sae_batch,
                        dead_steps=max(cfg.sae_steps // 4, 1), recipe="2024" if "2024" in sae_lib.get(cfg.sae_kind).recipes else "2023",
                        resample_every=0, l1_warmup_steps=cfg.sae_steps // 20)
 
 
 load_config_corpus = lm_common.load_config_corpus
-
-
-def _take(tree: Any, i: int) -> Any:
-    return jax.tree.map(lambda a: jnp.asarray(a[i]), tree)
 
 
 build = lm_common.build
@@ -148,20 +174,17 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
     figures = out_dir.figures
     corpus_fingerprint = {"corpus": corpus.fingerprint}
 
-    # 1. the language model
-    lm_grid, lm_hp, keys, trainer = build(cfg, corpus)
-    lm = common.train(NAME, cfg, lm_grid, lm_hp, keys, trainer, out_dir, progress=progress, execution=execution,
-                      tag="lm", fingerprint=corpus_fingerprint)
-    val = eval_windows(corpus.val, min(cfg.eval_windows, corpus.val.size // cfg.model.n_ctx), cfg.model.n_ctx)
-    val_losses = [activations.loss_under_hooks(_take(lm.state.params, i), val) for i in range(cfg.n_seeds)]
-    best_seed = int(np.nanargmin(val_losses))
-    model = _take(lm.state.params, best_seed)
-    unigram = unigram_cross_entropy(corpus.train, corpus.val, 256)
+    # 1. the language model (trained, or the pretrained checkpoint)
+    lm = lm_common.language_model(NAME, cfg, corpus, out_dir, progress=progress, execution=execution,
+                                  fingerprint=corpus_fingerprint)
+    model, mcfg, val, val_losses, best_seed = lm.model, lm.cfg, lm.val, lm.val_losses, lm.best_seed
+    unigram = unigram_cross_entropy(lm.train_tokens, lm.val_tokens, mcfg.d_vocab)
+    HOOK = hook(cfg)
 
     # 2. activations
     harvest_key = jax.random.key(cfg.seed + 1)
-    train_windows = sample_windows(corpus.train, key=harvest_key, batch_size=cfg.harvest_windows, seq_len=cfg.model.n_ctx)
-    acts = activations.harvest(model, train_windows, HOOK).reshape(-1, cfg.model.d_mlp)
+    train_windows = sample_windows(lm.train_tokens, key=harvest_key, batch_size=cfg.harvest_windows, seq_len=mcfg.n_ctx)
+    acts = activations.harvest(model, train_windows, HOOK).reshape(-1, mcfg.d_mlp)
     val_acts = activations.harvest(model, val, HOOK)  # (n_val, pos, d_mlp)
 
     # 3. SAEs
@@ -174,7 +197,7 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
     sae_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed + 2), s))(jnp.arange(sae_grid.size, dtype=jnp.uint32))
     saes = common.train(NAME, cfg, sae_grid, sae_hp, sae_keys, sae_trainer, out_dir, progress=progress,
                         execution=execution, tag="sae", n_steps=cfg.sae_steps, fingerprint=corpus_fingerprint)
-    flat_val = jnp.asarray(val_acts.reshape(-1, cfg.model.d_mlp))
+    flat_val = jnp.asarray(val_acts.reshape(-1, mcfg.d_mlp))
     ev = batched_evaluate(training, saes.state, flat_val, sae_hp)
     ce_clean = val_losses[best_seed]
     ce_ablated = activations.loss_under_hooks(model, val, {HOOK: ZeroAblate()})
@@ -192,16 +215,30 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
     best_sae = trained[best]
 
     # 4. feature browser
-    f_val = np.asarray(jax.jit(lambda m, x: m.encode(x))(best_sae, flat_val)).reshape(val_acts.shape[:2] + (-1,))
+    encode = jax.jit(lambda m, x: m.encode(x))
+    f_val = np.asarray(encode(best_sae, flat_val)).reshape(val_acts.shape[:2] + (-1,))
     tokens = np.asarray(val)
-    W_out, W_U = np.asarray(model.blocks[0].mlp.W_out), np.asarray(model.W_U)
-    feature_logits = np.asarray(best_sae.decoder).T @ W_out @ W_U  # (d_sae, vocab)
-    neuron_logits = W_out @ W_U  # (d_mlp, vocab)
+    W_out, W_U = np.asarray(model.blocks[cfg.layer].mlp.W_out), np.asarray(model.W_U)
+    ln_w, ln_scale = np.asarray(model.ln_final.w), float(np.median(activations.harvest(model, val, "ln_final.scale")))
+    feature_logits = browser.direct_logit_effects(np.asarray(best_sae.decoder).T @ W_out, W_U, ln_w=ln_w, ln_scale=ln_scale)
+    neuron_logits = browser.direct_logit_effects(W_out, W_U, ln_w=ln_w, ln_scale=ln_scale)
     density = np.mean(f_val > 0, axis=(0, 1))
     alive = np.flatnonzero(density > 0)
+    prompt_ids = [np.asarray(lm.tokenizer.encode(text))[: mcfg.n_ctx] for text in BROWSER_PROMPTS]
+    padded = np.zeros((len(prompt_ids), mcfg.n_ctx), tokens.dtype)  # causal: padding after a prompt changes nothing in it
+    for i, ids in enumerate(prompt_ids):
+        padded[i, : ids.size] = ids
+    prompt_mlp = activations.harvest(model, padded, HOOK).reshape(-1, mcfg.d_mlp)
+    prompt_f = np.asarray(encode(best_sae, jnp.asarray(prompt_mlp))).reshape(padded.shape + (-1,))
+    prompts = [browser.describe_prompt(ids, prompt_f[i, : ids.size], name=text)
+               for i, (ids, text) in enumerate(zip(prompt_ids, BROWSER_PROMPTS))]
+    on_prompts = [u for u in dict.fromkeys(int(u) for p in prompts for u in p.top_units[:3]) if density[u] > 0]
+    on_prompts = on_prompts[: cfg.browser_units]
+    rest = np.setdiff1d(alive, on_prompts)
     rng = np.random.default_rng(cfg.seed)
-    shown = np.sort(rng.choice(alive, min(cfg.browser_units, alive.size), replace=False)) if alive.size else alive
-    neurons = np.arange(min(cfg.browser_units, cfg.model.d_mlp))
+    fill = rng.choice(rest, min(cfg.browser_units - len(on_prompts), rest.size), replace=False) if rest.size else rest
+    shown = np.sort(np.concatenate([np.asarray(on_prompts, np.int64), fill.astype(np.int64)]))
+    neurons = np.arange(min(cfg.browser_units, mcfg.d_mlp))
     feature_entries = browser.describe_units(f_val, tokens, feature_logits, shown)
     neuron_entries = browser.describe_units(val_acts, tokens, neuron_logits, neurons)
     feature_purity = browser.top_token_purity(f_val[:, :, alive], tokens) if alive.size else np.zeros(0)
@@ -213,7 +250,7 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
     pick = int(candidates[np.argmax(browser.top_token_purity(f_val[:, :, candidates], tokens))]) if candidates.size else 0
     max_act = float(f_val[:, :, pick].max()) if f_val.size else 0.0
     values = np.asarray([m * max_act for m in cfg.steer_multiples], np.float32)
-    prompt = jnp.asarray(ByteTokenizer().encode(cfg.steer_prompt))[None, :]
+    prompt = jnp.asarray(lm.tokenizer.encode(cfg.steer_prompt))[None, :]
     steerable = steering.Steerable(model, best_sae, HOOK)
     probs = steering.next_token_sweep(steerable, cfg.steer_prompt, pick, values)  # (n_values, vocab), one call
     clean_probs = np.asarray(jax.nn.softmax(forward(model, prompt, cache_names=())[0][0, -1]))
@@ -222,19 +259,22 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
         top = np.argsort(-p)[:5]
         kl = float(np.sum(p * (np.log(p + 1e-12) - np.log(clean_probs + 1e-12))))
         steer_records.append({"multiple_of_max": m, "value": m * max_act, "kl_from_clean": kl,
-                         "top_next_tokens": [[bytes([int(t)]).decode("latin-1"), float(p[t])] for t in top]})
+                         "top_next_tokens": [[lm.tokenizer.decode([int(t)]), float(p[t])] for t in top]})
 
     if is_primary():
-        save_transformer(out_dir.path("model"), model)
+        lm.save_tokenizer(save_transformer(out_dir.path("model"), model))
         save_sae(best_sae, out_dir.path("sae"), hook_name=HOOK, model_name=f"superpos-{NAME}")
         _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram)
         browser.write_browser(
-            out_dir.path("browser") / "index.html", f"{NAME}: SAE features vs MLP neurons",
-            [(f"SAE features (random sample of live features of SAE {sae_grid.coords(best)})", feature_entries),
-             ("MLP neurons (first ones)", neuron_entries)],
-            notes=(f"Model: 1 layer, d_model={cfg.model.d_model}, {cfg.model.d_mlp} ReLU neurons, byte tokens; validation loss "
-                   f"{ce_clean:.3f} nats (unigram {unigram:.3f}). Highlight = activation / the unit's max; "
-                   f"logits = direct path through W_out and W_U (ignoring the final LayerNorm)."),
+            out_dir.path("browser"), f"{NAME}: SAE features vs MLP neurons",
+            [browser.Section(f"SAE features of SAE {sae_grid.coords(best)} (the top ones on the prompts, then a random "
+                             f"sample of live features)", "features", feature_entries, prompts=prompts),
+             browser.Section(f"MLP neurons of block {cfg.layer} (the first ones)", "neurons", neuron_entries, kind="neuron")],
+            tokenizer=lm.tokenizer,
+            notes=(f"Model: {mcfg.n_layers} layer(s), d_model={mcfg.d_model}, {mcfg.d_mlp} {mcfg.act} neurons, "
+                   f"vocabulary {mcfg.d_vocab}; validation loss {ce_clean:.3f} nats (unigram {unigram:.3f}). Contexts from "
+                   f"{tokens.shape[0]} validation windows; highlight = activation / the unit's max; logits = direct path "
+                   f"through the final LayerNorm at its median scale {ln_scale:.3g}, centred over the vocabulary."),
         )
     return {
         "corpus": {"root": str(corpus.root), "include": list(corpus.include), "files": corpus.n_files,
@@ -243,21 +283,23 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
                    "fingerprint": corpus.fingerprint},
         "lm": {"val_loss_per_seed": val_losses, "best_seed": best_seed, "val_loss": ce_clean,
                "unigram_baseline": unigram, "below_unigram_by": unigram - ce_clean,
-               "zero_ablated_mlp_loss": ce_ablated, "train_seconds": lm.seconds,
-               "final_train_loss": float(np.nanmean(lm.losses[best_seed, -5:]))},
+               "zero_ablated_mlp_loss": ce_ablated, "train_seconds": lm.seconds, "source": lm.source,
+               "final_train_loss": None if lm.losses is None else float(np.nanmean(lm.losses[best_seed, -5:]))},
         "sae": {"kind": cfg.sae_kind, "d_sae": training.d_sae, "instances": records, "best": best,
                 "best_ce_loss_recovered": records[best]["ce_loss_recovered"], "train_seconds": saes.seconds},
         "browser": {"features_alive": int(alive.size), "features_total": training.d_sae,
                     "feature_purity_mean": float(np.mean(feature_purity)) if feature_purity.size else 0.0,
                     "neuron_purity_mean": float(np.mean(neuron_purity)),
-                    "neurons_alive": int(np.sum(neuron_density > 0))},
+                    "neurons_alive": int(np.sum(neuron_density > 0)), "features_shown": shown.tolist(),
+                    "prompt_features": on_prompts},
         "steering": {"feature": pick, "max_activation": max_act, "prompt": cfg.steer_prompt, "values": steer_records},
     }
 
 
 def _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram):
-    save(plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], log_every=cfg.log_every),
-         figures / "lm_loss.png")
+    if lm.losses is not None:
+        save(plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], log_every=cfg.log_every),
+             figures / "lm_loss.png")
     save(plots.loss_curves(saes.losses, [str(r["coords"]) for r in records], log_every=cfg.log_every), figures / "sae_loss.png")
     save(sae_plots.density_histograms({"SAE features": density, "MLP neurons": neuron_density}), figures / "density.png")
     save(sae_plots.pareto(np.asarray([r["l0"] for r in records]), np.asarray([r["fvu"] for r in records]),

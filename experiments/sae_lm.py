@@ -38,7 +38,7 @@ from superpos_jax.engine.execution import Execution
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import make_trainer
 from superpos_jax.lm import activations
-from superpos_jax.lm.corpus import check_corpus, eval_windows, unigram_cross_entropy
+from superpos_jax.lm.corpus import check_corpus, unigram_cross_entropy
 from superpos_jax.lm.feed import LMActivations
 from superpos_jax.lm.interventions import MeanAblate, SpliceSAE, position_mask
 from superpos_jax.lm.transformer import TransformerConfig
@@ -63,6 +63,10 @@ class Config(common.RunConfig):
 
     corpus_dir: str | None = None
     """A directory of text files to train on instead of the standard library's source."""
+    pretrained: str | None = None
+    """A Hugging Face GPT-2-family checkpoint directory (config.json, model.safetensors and, for
+    a vocabulary other than bytes, tokenizer.json): the model is loaded, not trained (`model`,
+    `n_seeds`, `n_steps`, `lm_*` unused), and the corpus is tokenized with its tokenizer."""
     corpus_glob: Annotated[tuple[str, ...] | None, non_empty] = None
     """Glob patterns of the corpus files (default: `*.py` for the stdlib, every file of `corpus_dir`)."""
     max_bytes: PositiveInt = 4_000_000
@@ -99,15 +103,17 @@ class Config(common.RunConfig):
         for a TopK SAE; skip_positions below the context; a readable corpus; the SAEs'
         `SAETraining` accepts the values."""
         super().check()
-        if self.model.d_vocab != 256:
-            fail("model.d_vocab", self.model.d_vocab, "256 (the corpus is byte tokens)")
-        if self.model.attn_only and self.hook in _MLP_HOOKS:
+        lm_common.check_pretrained(self)
+        model = lm_common.model_config(self)
+        if self.pretrained is None and model.d_vocab != 256:
+            fail("model.d_vocab", model.d_vocab, "256 (the corpus is byte tokens; use `pretrained` for other vocabularies)")
+        if model.attn_only and self.hook in _MLP_HOOKS:
             fail("hook", self.hook, f"one of {[h for h in HOOKS if h not in _MLP_HOOKS]} for an attention-only model")
         smallest = width(self) * min(self.sae_expansions)
         if sae_lib.get(self.sae_kind).swept == "k" and any(c != int(c) or c > smallest for c in self.sae_coefficients):
             fail("sae_coefficients", self.sae_coefficients, f"integers k <= the smallest dictionary ({smallest})")
-        if self.skip_positions >= self.model.n_ctx - 1:
-            fail("skip_positions", self.skip_positions, f"less than model.n_ctx - 1 = {self.model.n_ctx - 1}")
+        if self.skip_positions >= model.n_ctx - 1:
+            fail("skip_positions", self.skip_positions, f"less than model.n_ctx - 1 = {model.n_ctx - 1}")
         if self.corpus_dir is not None and not Path(self.corpus_dir).is_dir():
             fail("corpus_dir", self.corpus_dir, "an existing directory of text files")
         with library_errors("corpus_dir" if self.corpus_dir is not None else "corpus_glob"):
@@ -126,7 +132,8 @@ QUICK = {
 
 def width(cfg: Config) -> int:
     """The width of the hook point (d_mlp for mlp.pre/post, else d_model)."""
-    return cfg.model.d_mlp if cfg.hook in ("mlp.pre", "mlp.post") else cfg.model.d_model
+    model = lm_common.model_config(cfg)
+    return model.d_mlp if cfg.hook in ("mlp.pre", "mlp.post") else model.d_model
 
 
 def sae_training(cfg: Config, expansion: int) -> SAETraining:
@@ -139,7 +146,7 @@ def sae_training(cfg: Config, expansion: int) -> SAETraining:
 
 def hook_names(cfg: Config) -> tuple[str, ...]:
     """`blocks.{layer}.{hook}` of every layer."""
-    return tuple(f"blocks.{i}.{cfg.hook}" for i in range(cfg.model.n_layers))
+    return tuple(f"blocks.{i}.{cfg.hook}" for i in range(lm_common.model_config(cfg).n_layers))
 
 
 load_config_corpus = lm_common.load_config_corpus
@@ -156,22 +163,18 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
     corpus = load_config_corpus(cfg)
     fingerprint = {"corpus": corpus.fingerprint}
 
-    # 1. the language model
-    lm_grid, lm_hp, keys, trainer = build(cfg, corpus)
-    lm = common.train(NAME, cfg, lm_grid, lm_hp, keys, trainer, out_dir, progress=progress, execution=execution,
-                      tag="lm", fingerprint=fingerprint)
-    n_ctx, skip = cfg.model.n_ctx, cfg.skip_positions
-    val = eval_windows(corpus.val, min(cfg.eval_windows, corpus.val.size // n_ctx), n_ctx)
-    val_losses = [activations.loss_under_hooks(_take(lm.state.params, i), val) for i in range(cfg.n_seeds)]
-    best_seed = int(np.nanargmin(val_losses))
-    model = _take(lm.state.params, best_seed)
+    # 1. the language model (trained, or the pretrained checkpoint)
+    lm = lm_common.language_model(NAME, cfg, corpus, out_dir, progress=progress, execution=execution,
+                                  fingerprint=fingerprint)
+    model, val, val_losses, best_seed = lm.model, jnp.asarray(lm.val), lm.val_losses, lm.best_seed
+    n_ctx, skip = lm.cfg.n_ctx, cfg.skip_positions
     clean = val_losses[best_seed]
 
     # 2. SAEs on every layer, one sweep per size, activations computed in the loop
     hooks = hook_names(cfg)
     mask = position_mask(n_ctx, range(skip, n_ctx))
     layer_records, sweeps, records = [], [], []
-    val_source = LMActivations(model, corpus.train, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix)
+    val_source = LMActivations(model, lm.train_tokens, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix)
     val_acts = jax.jit(val_source.activations)(val_source.shared, val)  # (layer, rows, d), on the device
     for layer, hook in enumerate(hooks):
         mean = jnp.mean(val_acts[layer], axis=0)
@@ -185,7 +188,7 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
         training = sae_training(cfg, expansion)
         coef = training.arch.swept
         grid = Grid({"layer": range(len(hooks)), coef: cfg.sae_coefficients, "seed": range(cfg.sae_seeds)})
-        source = LMActivations(model, corpus.train, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix,
+        source = LMActivations(model, lm.train_tokens, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix,
                                seed=cfg.seed + 3)
         hp = sae_hparams(training, **{coef: grid.column(coef).astype(np.float32)},
                          hook=source.hook_hparam(grid.column("layer").tolist()))
@@ -218,7 +221,8 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
         "corpus": {"root": str(corpus.root), "files": corpus.n_files, "train_bytes": int(corpus.train.size),
                    "val_bytes": int(corpus.val.size), "fingerprint": corpus.fingerprint},
         "lm": {"val_loss_per_seed": val_losses, "best_seed": best_seed, "val_loss": clean,
-               "unigram_baseline": unigram_cross_entropy(corpus.train, corpus.val, 256), "train_seconds": lm.seconds},
+               "unigram_baseline": unigram_cross_entropy(lm.train_tokens, lm.val_tokens, lm.cfg.d_vocab),
+               "train_seconds": lm.seconds, "source": lm.source},
         "layers": layer_records,
         "sae": {
             "kind": cfg.sae_kind, "hook": cfg.hook, "skip_positions": skip, "instances": records,
@@ -235,15 +239,16 @@ def _recovered(ablated: float, spliced: float, clean: float) -> float:
 
 
 def _figures(cfg: Config, figures: Path, lm: Any, sweeps: list, records: list[dict[str, Any]]) -> None:
-    save(plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], log_every=cfg.log_every),
-         figures / "lm_loss.png")
+    if lm.losses is not None:
+        save(plots.loss_curves(lm.losses, [f"LM seed {s}" for s in range(lm.losses.shape[0])], log_every=cfg.log_every),
+             figures / "lm_loss.png")
     losses = np.concatenate([s.losses for _, _, s in sweeps])
     labels = [str({"x": e, **g.coords(i)}) for e, g, _ in sweeps for i in range(g.size)]
     save(plots.loss_curves(losses, labels, log_every=cfg.log_every), figures / "sae_loss.png")
     fig = new_figure((10.0, 3.8))
     axes = fig.subplots(1, 2)
     coef = sae_lib.get(cfg.sae_kind).swept
-    layers = np.arange(cfg.model.n_layers)
+    layers = np.arange(lm.cfg.n_layers)
     for expansion in cfg.sae_expansions:
         for c in cfg.sae_coefficients:
             mine = [r for r in records if r["expansion"] == expansion and r["coords"][coef] == c]

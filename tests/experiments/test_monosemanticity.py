@@ -10,7 +10,6 @@ import pytest
 from superpos_experiments import monosemanticity
 from superpos_jax import cli
 from superpos_jax.config import validate
-from superpos_jax.lm import browser
 from superpos_jax.lm.task import CorpusWindows, RepeatedTokens, lm_task
 from superpos_jax.lm.transformer import TransformerConfig, init_transformer
 from superpos_jax.lm.io import load_transformer, save_transformer
@@ -34,19 +33,6 @@ def test_repeated_tokens_and_corpus_windows():
         CorpusWindows(tokens[:8], 8)
     with pytest.raises(ValueError, match="exceeds n_ctx"):
         lm_task(TransformerConfig(n_ctx=8), CorpusWindows(tokens, 16), 4)
-
-
-def test_top_token_purity_and_contexts():
-    tokens = np.asarray([[1, 2, 3, 1, 2, 3]])
-    acts = np.zeros((1, 6, 2))
-    acts[0, [0, 3], 0] = [1.0, 2.0]  # unit 0 fires only on token 1: purity 1
-    acts[0, [0, 1, 2], 1] = [1.0, 1.0, 1.0]  # unit 1 fires on three different tokens: purity 1/3
-    np.testing.assert_allclose(browser.top_token_purity(acts, tokens), [1.0, 1 / 3])
-    effects = np.eye(2, 4)
-    (u,) = browser.describe_units(acts, tokens, effects, np.asarray([0]), n_contexts=3, before=2, after=0)
-    assert u.density == pytest.approx(2 / 6) and u.max_activation == 2.0
-    assert len(u.contexts) == 2 and u.contexts[0][0].tolist() == [2, 3, 1]  # strongest first, 2 bytes before
-    assert u.promoted[0][0] == 0
 
 
 def test_transformer_save_load_roundtrip(tmp_path):
@@ -81,6 +67,12 @@ def test_monosemanticity_pipeline(tiny_run):
         assert (out / "figures" / f"{f}.png").stat().st_size > 0
     page = (out / "browser" / "index.html").read_text()
     assert page.count("class=unit") == 2 * TINY["browser_units"] and "top-token purity" in page
+    shown = summary["browser"]["features_shown"]  # unit pages, JSON, prompt pages (details: tests/lm/test_browser.py)
+    assert len(shown) == TINY["browser_units"] and set(summary["browser"]["prompt_features"]) <= set(shown)
+    for f in shown:
+        assert json.loads((out / "browser" / "features" / f"{f}.json").read_text())["feature_index"] == f
+    assert (out / "browser" / "features" / f"prompt-{len(monosemanticity.BROWSER_PROMPTS) - 1}.html").is_file()
+    assert "through the final LayerNorm" in page
     json.dumps(summary)
 
 
