@@ -152,7 +152,7 @@ def test_config_file_errors_name_the_file(no_training, capsys, tmp_path):
     "setting, message",
     [
         ("model.d_model=0", "config field 'model.d_model' = 0 is invalid: must be a positive integer"),
-        ("model.act=tanh", "config field 'model.act' = 'tanh' is invalid: must be one of ('relu', 'gelu')"),
+        ("model.act=tanh", "config field 'model.act' = 'tanh' is invalid: must be one of ('relu', 'gelu', 'gelu_exact')"),
         ("model.n_layers=1", "config field 'model.n_layers' = 1 is invalid: must be >= 2"),
         ("model.n_ctx=32", "'model.n_ctx' = 32 is invalid: must be odd"),
         ("model.nope=1", "unknown config key 'model.nope'"),
