@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+import scipy.optimize
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -86,6 +87,17 @@ def _fit_given_c(log_x: np.ndarray, y: np.ndarray, c: float) -> tuple[float, flo
     return a, b, float(np.dot(resid, resid))
 
 
+def _sse_given_cs(log_x: np.ndarray, y: np.ndarray, cs: np.ndarray) -> np.ndarray:
+    """`_fit_given_c`'s sse for each c of cs (all < min y), vectorised: (n_c,)."""
+    v = np.log(y[None, :] - cs[:, None])
+    du = log_x - log_x.mean()
+    slope = (v - v.mean(axis=1, keepdims=True)) @ du / np.dot(du, du)
+    intercept = v.mean(axis=1) - slope * log_x.mean()
+    law = np.exp(intercept[:, None] + slope[:, None] * log_x[None, :]) + cs[:, None]
+    resid = np.log(y)[None, :] - np.log(law)
+    return np.sum(resid * resid, axis=1)
+
+
 def _golden_min(f: Callable[[float], float], lo: float, hi: float, *, tol: float) -> float:
     """Minimiser of a unimodal f on [lo, hi] by golden-section search."""
     x1, x2 = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
@@ -102,15 +114,74 @@ def _golden_min(f: Callable[[float], float], lo: float, hi: float, *, tol: float
     return 0.5 * (lo + hi)
 
 
-def fit_power_law(x: npt.ArrayLike, y: npt.ArrayLike, *, irreducible: bool = True) -> PowerLaw:
-    """Fit L(x) = a·x^(−b) + c to points (x, y).
+def _log_grid_start(log_x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(a, b, c) of the profile search over c ∈ [0, min y): a grid over c / min(y) (uniform
+    on [0, 1), plus points crowding 1), then golden-section refinement around the best point.
+    A start for `_refine`; it cannot place c at or above min y (it takes log(y − c))."""
+    y_min = float(y.min())
 
-    Without the irreducible term (c = 0) this is ordinary least squares of log y on log x.
-    With it, c is searched in [0, min y): for each candidate c the line through
-    (log x, log(y − c)) gives a and b, and c minimises the residual Σ(log y − log L(x))² — a
-    residual in log y so that candidates are compared in one space. The search is a grid over
-    c / min(y) (uniform on [0, 1), plus points crowding 1) followed by golden-section refinement
-    in the bracket around the best grid point.
+    def sse_at(t: float) -> float:
+        return _fit_given_c(log_x, y, t * y_min)[2]
+
+    grid = np.unique(np.concatenate([np.linspace(0.0, 1.0, 401)[:-1], 1.0 - np.logspace(-9.0, -2.5, 60)]))
+    values = _sse_given_cs(log_x, y, grid * y_min)
+    i = int(np.argmin(values))
+    lo = float(grid[max(i - 1, 0)])
+    hi = float(grid[min(i + 1, grid.size - 1)])
+    t_best = _golden_min(sse_at, lo, hi, tol=1e-13) if hi > lo else lo
+    if sse_at(t_best) > values[i]:
+        t_best = float(grid[i])
+    a, b, _ = _fit_given_c(log_x, y, t_best * y_min)
+    return a, b, t_best * y_min
+
+
+def _log_residual(log_x: np.ndarray, log_y: np.ndarray, a: float, b: float, c: float) -> float:
+    r = log_y - np.log(a * np.exp(-b * log_x) + c)
+    return float(np.dot(r, r))
+
+
+def _refine(log_x: np.ndarray, y: np.ndarray, start: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Bounded least squares of log y against log(a·x^(−b) + c) over (log a, b, c), c ≥ 0 and
+    b keeping the sign of the start (b ≥ 0 for a falling law), from `start`; the start is kept
+    when the solver does not improve on it."""
+    log_y = np.log(y)
+    a0, b0, c0 = start
+    b_lo, b_hi = (0.0, np.inf) if b0 > 0 else (-np.inf, 0.0)
+
+    def parts(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        term = np.exp(p[0] - p[1] * log_x)
+        return term, term + p[2]
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        return np.log(parts(p)[1]) - log_y
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        term, law = parts(p)
+        return np.stack([term / law, -log_x * term / law, 1.0 / law], axis=1)
+
+    solution = scipy.optimize.least_squares(
+        residual, np.array([math.log(a0), b0, c0]), jac=jacobian,
+        bounds=([-np.inf, b_lo, 0.0], [np.inf, b_hi, np.inf]), method="trf", x_scale="jac",
+        xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=2000,
+    )
+    a, b, c = math.exp(float(solution.x[0])), float(solution.x[1]), float(solution.x[2])
+    if not (np.isfinite([a, b, c]).all() and _log_residual(log_x, log_y, a, b, c) <= _log_residual(log_x, log_y, a0, b0, c0)):
+        return a0, b0, c0
+    return a, b, c
+
+
+def fit_power_law(x: npt.ArrayLike, y: npt.ArrayLike, *, irreducible: bool = True) -> PowerLaw:
+    """Fit L(x) = a·x^(−b) + c to points (x, y) by least squares in log y.
+
+    The residual is Σ(log yᵢ − log L(xᵢ))² (relative errors, so that losses spanning decades
+    weigh alike). Without the irreducible term (c = 0) this is ordinary least squares of log y
+    on log x, in closed form. With it, the fit is bounded nonlinear least squares
+    (`scipy.optimize.least_squares`, trust-region reflective) over (log a, b, c) with a > 0,
+    c ≥ 0 and b ≥ 0 (b ≤ 0 if the start below finds a growing law), started from a profile
+    search: for each candidate c ∈ [0, min y) the line through (log x, log(y − c)) gives a and
+    b, and c is chosen on a grid refined by golden-section search. The start cannot reach
+    c ≥ min y, where noisy points near the floor put the best fit; the bounded solver can, and
+    its residual is never above the start's.
 
     Args:
         x: (n,) positive abscissae (dictionary size, compute, ...), n ≥ 3, not all equal.
@@ -127,25 +198,12 @@ def fit_power_law(x: npt.ArrayLike, y: npt.ArrayLike, *, irreducible: bool = Tru
     x, y = _validate(x, y)
     log_x = np.log(x)
     if not irreducible:
-        a, b, sse = _fit_given_c(log_x, y, 0.0)
+        a, b, _ = _fit_given_c(log_x, y, 0.0)
         c = 0.0
     else:
-        y_min = float(y.min())
-
-        def sse_at(t: float) -> float:
-            return _fit_given_c(log_x, y, t * y_min)[2]
-
-        grid = np.unique(np.concatenate([np.linspace(0.0, 1.0, 401)[:-1], 1.0 - np.logspace(-9.0, -2.5, 60)]))
-        values = np.array([sse_at(float(t)) for t in grid])
-        i = int(np.argmin(values))
-        lo = float(grid[max(i - 1, 0)])
-        hi = float(grid[min(i + 1, grid.size - 1)])
-        t_best = _golden_min(sse_at, lo, hi, tol=1e-13) if hi > lo else lo
-        if sse_at(t_best) > values[i]:
-            t_best = float(grid[i])
-        c = t_best * y_min
-        a, b, sse = _fit_given_c(log_x, y, c)
+        a, b, c = _refine(log_x, y, _log_grid_start(log_x, y))
     log_y = np.log(y)
+    sse = _log_residual(log_x, log_y, a, b, c)
     sst = float(np.sum((log_y - log_y.mean()) ** 2))
     r2 = 1.0 - sse / sst if sst > 0 else (1.0 if sse <= 1e-24 else 0.0)
     return PowerLaw(a=float(a), b=float(b), c=float(c), r2=float(r2), n_points=int(x.size))

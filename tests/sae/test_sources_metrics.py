@@ -301,3 +301,17 @@ def test_hungarian_larger_and_errors(rng):
         linear_sum_assignment(np.array([[np.nan]]))
     with pytest.raises(ValueError, match="decoder"):
         hungarian_matching_score(np.zeros((3, 2)), np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("shape", [(3, 6), (6, 3), (5, 5), (1, 4), (4, 1)])
+def test_assignment_equals_brute_force_on_rectangular(shape):
+    """scipy-backed assignment: the brute-force optimum on wide, tall and square matrices, rows
+    ascending and int64 whichever side is longer."""
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(8):
+        cost = rng.uniform(-1, 1, size=shape)
+        for maximize in (False, True):
+            rows, cols = linear_sum_assignment(cost, maximize=maximize)
+            assert rows.dtype == cols.dtype == np.int64 and rows.size == min(shape)
+            assert np.all(np.diff(rows) > 0) and len(set(cols.tolist())) == min(shape)
+            np.testing.assert_allclose(cost[rows, cols].sum(), _brute_force(cost, maximize), atol=1e-12)
