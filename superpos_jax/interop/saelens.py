@@ -11,13 +11,19 @@ transposed:
 
     name        ours             SAELens          architectures
     W_enc       (d_sae, d_in)    (d_in, d_sae)    all
-    W_dec       (d_in, d_sae)    (d_sae, d_in)    all
-    b_dec       (d_in,)          (d_in,)          all
-    b_enc       (d_sae,)         (d_sae,)         standard, topk, jumprelu
+    W_dec       (d_in, d_sae)    (d_sae, d_in)    all (transcoders: d_out for d_in)
+    b_dec       (d_in,)          (d_in,)          all (transcoders: (d_out,))
+    b_enc       (d_sae,)         (d_sae,)         standard, topk, jumprelu, transcoders
     threshold   (d_sae,)         (d_sae,)         jumprelu
     b_gate      (d_sae,)         (d_sae,)         gated
     r_mag       (d_sae,)         (d_sae,)         gated
     b_mag       (d_sae,)         (d_sae,)         gated
+    W_skip      (d_out, d_in)    (d_out, d_in)    skip_transcoder (not transposed: both compute x W_skipᵀ)
+
+Transcoders ("transcoder", "skip_transcoder": read an input of width d_in, predict an output of
+width d_out, cfg field `d_out`) never subtract b_dec from the input (b_dec is the output's bias),
+in SAELens as here: their files say apply_b_dec_to_input false, and that is their own semantics,
+not something to fold.
 
 The weights interface here is a plain `dict[str, np.ndarray]` with the names above in OUR
 convention, and OUR semantics: b_dec is subtracted from the input, pre-activations are not
@@ -28,10 +34,13 @@ whole `SAE`). The branches below are on SAELens's architecture names (its file f
 Writing (`saelens_cfg`, `save_saelens`): the SAELens 6 layout, which `sae_lens.SAE.load_from_disk`
 loads (tested against sae-lens 6.54.12):
 
-    architecture            "standard" | "topk" | "jumprelu" | "gated"            (required in `cfg`)
+    architecture            "standard" | "topk" | "jumprelu" | "gated" | "transcoder" |
+                            "skip_transcoder"                                    (required in `cfg`)
     d_in, d_sae, dtype      from the weights (checked if given); dtype from W_enc
+    d_out                   transcoders: from W_dec (checked if given)
     device                  "cpu" (overridable)
-    apply_b_dec_to_input    true;  normalize_activations "none";  reshape_activations "none"
+    apply_b_dec_to_input    true (transcoders: false);  normalize_activations "none";
+                            reshape_activations "none"
     k                       topk: the number of active latents (required, `k` or legacy
                             `activation_fn_kwargs["k"]`); with rescale_acts_by_decoder_norm false
     metadata                `cfg["metadata"]` + {"model_name", "hook_name", "sae_lens_version":
@@ -48,16 +57,19 @@ field SAELens 6.54.12 reads for the shared architectures is either implemented o
 the field, its value and what is allowed (`SAELensFormatError`):
 
     field                         accepted (and how)
-    architecture                  standard, topk, jumprelu, gated, batchtopk and matryoshka_batchtopk
-                                  (training checkpoints) (absent: "standard"); others (abstopk,
-                                  transcoders, temporal, matching_pursuit) refused
+    architecture                  standard, topk, jumprelu, gated, transcoder, skip_transcoder,
+                                  batchtopk and matryoshka_batchtopk (training checkpoints) (absent:
+                                  "standard"); others (abstopk, jumprelu_transcoder,
+                                  jumprelu_skip_transcoder, temporal, matching_pursuit) refused
     d_in, d_sae                   positive ints, checked against the tensors
+    d_out                         transcoders: a positive int, checked against the tensors
     dtype                         float32/float64/float16/bfloat16 (or "torch."-prefixed); tensors are
                                   returned as stored (SAELens would cast them to dtype)
     device                        any string (ignored: arrays load on the host)
     apply_b_dec_to_input          true; false is folded into the encoder biases (exact):
                                   b_enc += b_dec W_enc; gated b_gate += b_dec W_enc,
-                                  b_mag += exp(r_mag) ⊙ b_dec W_enc
+                                  b_mag += exp(r_mag) ⊙ b_dec W_enc. Transcoders: false only
+                                  (as SAELens requires), kept as it is
     rescale_acts_by_decoder_norm  false; true (topk, batchtopk: SAELens's TopK training default) is
                                   folded (exact): W_enc·n, b_enc·n, W_dec/n, n_i = ‖W_dec row i‖;
                                   refused for other architectures
@@ -116,6 +128,7 @@ __all__ = [
     "TRAINING_FIELDS",
     "UNSUPPORTED",
     "WEIGHTS_FILENAME",
+    "TRANSCODERS",
     "SAELensFormatError",
     "check_cfg_types",
     "check_supported",
@@ -138,9 +151,14 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
     "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
     "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
+    "transcoder": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "skip_transcoder": ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip"),
 }
 """Architecture → the tensors of its weights (written, and returned by the readers): no more, no
 fewer."""
+
+TRANSCODERS: tuple[str, ...] = ("transcoder", "skip_transcoder")
+"""The architectures that predict another activation (cfg `d_out`; b_dec never subtracted)."""
 
 LOADED_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     **ARCHITECTURES,
@@ -194,6 +212,7 @@ CFG_FIELDS: dict[str, _FieldRule] = {
                      f"one of {sorted(LOADED_ARCHITECTURES)} (the SAELens architectures implemented here)"),
     "d_in": (lambda v: _is_int(v) and v >= 1, "a positive int"),
     "d_sae": (lambda v: _is_int(v) and v >= 1, "a positive int"),
+    "d_out": (lambda v: _is_int(v) and v >= 1, "a positive int"),
     "dtype": (lambda v: isinstance(v, str) and v in _CFG_DTYPES, f"a string naming a float dtype {_DTYPE_NAMES}"),
     "device": _STR,
     "apply_b_dec_to_input": _BOOL,
@@ -281,8 +300,9 @@ def check_cfg_types(cfg: Mapping[str, Any], where: str = "cfg") -> None:
 def check_supported(cfg: Mapping[str, Any], where: str = "cfg") -> None:
     """Refuse a cfg whose fields ask for behaviour not implemented here (`UNSUPPORTED`; the
     activation function must be "topk" for a topk SAE and "relu" for the others;
-    rescale_acts_by_decoder_norm true only for topk and batchtopk), naming `where`, the field, its
-    value and what is allowed."""
+    rescale_acts_by_decoder_norm true only for topk and batchtopk; apply_b_dec_to_input false for
+    transcoders, absent meaning true as in SAELens), naming `where`, the field, its value and what
+    is allowed."""
     for field, (test, allowed) in UNSUPPORTED.items():
         present, value = _field(cfg, field)
         if present and not test(value):
@@ -296,6 +316,11 @@ def check_supported(cfg: Mapping[str, Any], where: str = "cfg") -> None:
             if fn != expected:
                 raise SAELensFormatError(f"{where}: field {field!r} = {bounded_json.short(fn)} is not supported "
                                          f"for a {architecture} SAE: must be {expected!r}")
+    if architecture in TRANSCODERS and cfg.get("apply_b_dec_to_input", True) is not False:
+        raise SAELensFormatError(f"{where}: field 'apply_b_dec_to_input' = "
+                                 f"{bounded_json.short(cfg.get('apply_b_dec_to_input', True))} is not supported for a "
+                                 f"{architecture}: must be false (its b_dec is the output's bias, never subtracted "
+                                 "from the input)")
     if cfg.get("rescale_acts_by_decoder_norm") is True and architecture not in _RESCALING:
         raise SAELensFormatError(f"{where}: field 'rescale_acts_by_decoder_norm' = True is not supported for a "
                                  f"{architecture} SAE: must be false (only {', '.join(_RESCALING)} SAEs rescale "
@@ -338,11 +363,16 @@ def _topk_k(cfg: Mapping[str, Any], d_sae: int) -> int:
     return k
 
 
-def _shapes(names: tuple[str, ...], d_in: int, d_sae: int, *, ours: bool) -> dict[str, tuple[int, ...]]:
+def _shapes(
+    names: tuple[str, ...], d_in: int, d_sae: int, *, ours: bool, d_out: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    d_out = d_in if d_out is None else d_out
     shapes: dict[str, tuple[int, ...]] = {name: (d_sae,) for name in names}
-    shapes["b_dec"] = (d_in,)
+    shapes["b_dec"] = (d_out,)
     shapes["W_enc"] = (d_sae, d_in) if ours else (d_in, d_sae)
-    shapes["W_dec"] = (d_in, d_sae) if ours else (d_sae, d_in)
+    shapes["W_dec"] = (d_out, d_sae) if ours else (d_sae, d_out)
+    if "W_skip" in shapes:
+        shapes["W_skip"] = (d_out, d_in)
     if "topk_threshold" in shapes:
         shapes["topk_threshold"] = ()
     return shapes
@@ -388,34 +418,42 @@ def _check_float_tensors(tensors: Mapping[str, np.ndarray], where: str) -> None:
 # ----------------------------------------------------------------------------- writing
 
 
-_WRITTEN = ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+_WRITTEN = ("architecture", "d_in", "d_sae", "d_out", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
             "reshape_activations", "k", "rescale_acts_by_decoder_norm", "metadata", "hook_name", "model_name",
             "activation_fn_kwargs", "sae_lens_version")
 
 
-def saelens_cfg(cfg: Mapping[str, Any], *, d_in: int, d_sae: int, dtype: str) -> dict[str, Any]:
+def saelens_cfg(
+    cfg: Mapping[str, Any], *, d_in: int, d_sae: int, dtype: str, d_out: int | None = None
+) -> dict[str, Any]:
     """The full cfg.json object (SAELens 6 layout, see the module docstring) for an SAE of the given
     sizes and dtype name, whose weights are in this library's convention.
 
     `cfg` must give `architecture` (one of `ARCHITECTURES`) and, for topk, `k` (top level or as the
     legacy `activation_fn_kwargs["k"]`); `hook_name` and `model_name` are strings or null (absent:
     null), at top level or in a `metadata` object (which is merged into the written one); `d_in`,
-    `d_sae`, `dtype`, if present, must agree with the arguments; any field describing behaviour the
-    weights do not have (apply_b_dec_to_input false, rescale_acts_by_decoder_norm true, `UNSUPPORTED`)
-    is refused. Other fields are written unchanged. Raises `SAELensFormatError` naming the field.
+    `d_sae`, `dtype` (and a transcoder's `d_out`, required for one), if present, must agree with the
+    arguments; any field describing behaviour the weights do not have (apply_b_dec_to_input false, or
+    true for a transcoder; rescale_acts_by_decoder_norm true, `UNSUPPORTED`) is refused. Other fields
+    are written unchanged. Raises `SAELensFormatError` naming the field.
     """
     if "architecture" not in cfg:
         raise SAELensFormatError("cfg is missing required field 'architecture'")
     architecture = _architecture(cfg)
     check_cfg_types(cfg)
-    for field, value in (("d_in", d_in), ("d_sae", d_sae), ("dtype", dtype)):
+    transcoder = architecture in TRANSCODERS
+    if transcoder and d_out is None:
+        raise SAELensFormatError(f"a {architecture} needs its output width d_out")
+    if not transcoder and "d_out" in cfg:
+        raise SAELensFormatError(f"cfg field 'd_out' is only for transcoders {TRANSCODERS}, not {architecture}")
+    for field, value in (("d_in", d_in), ("d_sae", d_sae), ("dtype", dtype), ("d_out", d_out)):
         if field in cfg and cfg[field] != value:
             raise SAELensFormatError(f"cfg field {field!r} is {cfg[field]!r} but the weights give {value!r}")
-    for field, written in (("apply_b_dec_to_input", True), ("rescale_acts_by_decoder_norm", False)):
+    for field, written in (("apply_b_dec_to_input", not transcoder), ("rescale_acts_by_decoder_norm", False)):
         if field in cfg and cfg[field] is not written:
             raise SAELensFormatError(f"cfg field {field!r} = {cfg[field]!r} is not supported when writing: must be "
                                      f"{str(written).lower()} (the weights are written in this library's convention)")
-    check_supported(cfg)
+    check_supported({**cfg, "apply_b_dec_to_input": not transcoder})  # the value written
     metadata = dict(cfg.get("metadata") or {})
     names = {}
     for field in ("hook_name", "model_name"):
@@ -424,8 +462,10 @@ def saelens_cfg(cfg: Mapping[str, Any], *, d_in: int, d_sae: int, dtype: str) ->
             raise SAELensFormatError(f"cfg field {field!r} = {top!r} disagrees with 'metadata.{field}' = {inner!r}")
         names[field] = top if top is not None else inner
     out: dict[str, Any] = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": dtype,
-                           "device": cfg.get("device", "cpu"), "apply_b_dec_to_input": True,
+                           "device": cfg.get("device", "cpu"), "apply_b_dec_to_input": not transcoder,
                            "normalize_activations": "none", "reshape_activations": "none"}
+    if transcoder:
+        out["d_out"] = d_out
     if architecture == "topk":
         out["k"] = _topk_k(cfg, d_sae)
         out["rescale_acts_by_decoder_norm"] = False
@@ -461,9 +501,15 @@ def to_saelens(
     if arrays["W_enc"].ndim != 2:
         raise SAELensFormatError(f"weights: W_enc must be 2-D (d_sae, d_in), got shape {arrays['W_enc'].shape}")
     d_sae, d_in = arrays["W_enc"].shape
-    shapes = _shapes(ARCHITECTURES[architecture], d_in, d_sae, ours=True)
-    _check_shapes(arrays, shapes, "weights", f"our convention, d_in={d_in}, d_sae={d_sae} from W_enc")
-    cfg_json = saelens_cfg(cfg, d_in=d_in, d_sae=d_sae, dtype=_dtype_name(arrays["W_enc"].dtype))
+    d_out = None
+    if architecture in TRANSCODERS:
+        if arrays["W_dec"].ndim != 2:
+            raise SAELensFormatError(f"weights: W_dec must be 2-D (d_out, d_sae), got shape {arrays['W_dec'].shape}")
+        d_out = int(arrays["W_dec"].shape[0])
+    shapes = _shapes(ARCHITECTURES[architecture], d_in, d_sae, ours=True, d_out=d_out)
+    dims = f"d_in={d_in}, d_sae={d_sae} from W_enc" + (f", d_out={d_out} from W_dec" if d_out is not None else "")
+    _check_shapes(arrays, shapes, "weights", f"our convention, {dims}")
+    cfg_json = saelens_cfg(cfg, d_in=d_in, d_sae=d_sae, dtype=_dtype_name(arrays["W_enc"].dtype), d_out=d_out)
     _check_float_tensors(arrays, "weights")
     tensors = {
         name: np.ascontiguousarray(array.T if name in _TRANSPOSED else array) for name, array in arrays.items()
@@ -536,6 +582,8 @@ def _canonical(
     one of `ARCHITECTURES` with b_dec subtracted from the input and no decoder-norm rescaling."""
     architecture = _architecture(cfg, LOADED_ARCHITECTURES)
     d_in, d_sae = _positive_int(cfg, "d_in"), _positive_int(cfg, "d_sae")
+    transcoder = architecture in TRANSCODERS
+    d_out = _positive_int(cfg, "d_out") if transcoder else None
     if architecture == "topk":
         _topk_k(cfg, d_sae)
     if architecture in _BATCHTOPK and not (_is_number(cfg.get("k")) and cfg["k"] > 0):
@@ -553,10 +601,12 @@ def _canonical(
         t["threshold"] = np.exp(log_threshold.astype(np.float64)).astype(_folded(log_threshold))
     names = LOADED_ARCHITECTURES[architecture]
     _check_tensor_names(architecture, set(t), set(names), where)
-    _check_shapes(t, _shapes(names, d_in, d_sae, ours=False), where,
-                  f"SAELens convention, d_in={d_in}, d_sae={d_sae} from cfg")
+    _check_shapes(t, _shapes(names, d_in, d_sae, ours=False, d_out=d_out), where,
+                  f"SAELens convention, d_in={d_in}, d_sae={d_sae}" + (f", d_out={d_out}" if transcoder else "")
+                  + " from cfg")
     out = dict(cfg)
-    fold_b_dec, rescale = cfg.get("apply_b_dec_to_input") is False, cfg.get("rescale_acts_by_decoder_norm") is True
+    fold_b_dec = cfg.get("apply_b_dec_to_input") is False and not transcoder
+    rescale = cfg.get("rescale_acts_by_decoder_norm") is True
     wide = {name: t[name].astype(np.float64) for name in t} if fold_b_dec or rescale else {}  # folds in float64
     changed: set[str] = set()
     if fold_b_dec:

@@ -8,6 +8,9 @@ trained with, and it acts on RAW activations:
     sae.decode(f)   -> x̂     (..., d_sae) -> (..., d_in)
     sae(x)          -> x̂     = sae.decode(sae.encode(x)) (also `reconstruct`)
 
+(A transcoder's x̂ is its prediction ŷ of another activation, of width d_out; a skip-
+transcoder's `reconstruct` adds its skip term x W_skipᵀ, which `decode` of latents alone lacks.)
+
 Its arrays are pytree leaves, so an `SAE` goes through jit, vmap and grad (interventions hold
 one). Build it from training with `SAE.from_training` / `SAE.from_sweep`, or load one with
 `superpos_jax.sae.io.load_sae`.
@@ -134,18 +137,26 @@ class SAE(eqx.Module):
         f = mask_latents(self.architecture.encode_inference(self.params, self.state, scaled, self.hparams), self.hparams)
         return f.reshape(x.shape[:-1] + (f.shape[-1],))
 
-    def decode(self, f: Float[Array, "*batch sae"]) -> Float[Array, "*batch d_in"]:
-        """Raw-unit reconstruction of latents."""
+    def decode(self, f: Float[Array, "*batch sae"]) -> Float[Array, "*batch d_out"]:
+        """Raw-unit reconstruction of latents (d_out = d_in but for transcoders)."""
         rows = f.reshape(-1, f.shape[-1])
         x_hat = self.architecture.decode(self.params, rows) / self.input_scale.astype(rows.dtype)
         return x_hat.reshape(f.shape[:-1] + (x_hat.shape[-1],))
 
-    def reconstruct(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_in"]:
-        """x̂ = decode(encode(x))."""
-        return self.decode(self.encode(x))
+    def reconstruct(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
+        """x̂ = decode(encode(x)), plus the architecture's `direct` term of x where it has one
+        (a skip-transcoder's x W_skipᵀ; a transcoder's x̂ is its prediction ŷ, of width d_out)."""
+        x_hat = self.decode(self.encode(x))
+        direct = getattr(self.architecture, "direct", None)
+        if direct is None:
+            return x_hat
+        rows = x.reshape(-1, x.shape[-1])
+        scale = self.input_scale.astype(rows.dtype)
+        extra = direct(self.params, rows * scale) / scale
+        return x_hat + extra.reshape(x.shape[:-1] + (extra.shape[-1],))
 
-    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_in"]:
-        """x̂ = decode(encode(x))."""
+    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
+        """x̂ = `reconstruct(x)`."""
         return self.reconstruct(x)
 
     def folded(self) -> SAE:

@@ -353,3 +353,39 @@ class ArraySource:
 def _check_positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class LinearViews(eqx.Module):
+    """Several linear views of one latent source, concatenated on each row: rows
+    [u R_1ᵀ | u R_2ᵀ | ... ] for u a (batch, n) draw of `source`. The training rows of a
+    transcoder ([x | y] with x = B s, y = A s for sparse s: `LinearViews(s_source, (B, A))`) and
+    of a crosscoder ([h¹ | h²], two layers or models reading the same features).
+
+    Attributes: source (any activation source, rows of width n); maps, a tuple of (d_v, n)
+    float32 matrices (each view's width d_v; d_in = Σ_v d_v).
+    """
+
+    source: Any
+    maps: tuple[Float[Array, "d_view n"], ...]
+
+    def __init__(self, source: Any, maps: Any):
+        self.source = source
+        self.maps = tuple(jnp.asarray(m, jnp.float32) for m in maps)
+        n = int(source.d_in)
+        if not self.maps or any(m.ndim != 2 or m.shape[1] != n for m in self.maps):
+            raise ValueError(f"maps must be a non-empty sequence of (d_view, {n}) matrices (the source's rows have "
+                             f"width {n}); got shapes {[tuple(m.shape) for m in self.maps]}")
+
+    @property
+    def d_in(self) -> int:
+        return sum(int(m.shape[0]) for m in self.maps)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Each view's width d_v."""
+        return tuple(int(m.shape[0]) for m in self.maps)
+
+    def sample(self, key: PRNGKeyArray, batch_size: int) -> Float[Array, "batch d_in"]:
+        """A (batch, Σ_v d_v) batch: one draw of the source seen through every map."""
+        u = self.source.sample(key, batch_size)
+        return jnp.concatenate([u @ m.T for m in self.maps], axis=-1)

@@ -296,9 +296,10 @@ def test_topk_traced_k_under_vmap_gives_exactly_k_per_row(rng: np.random.Generat
 @pytest.mark.parametrize("kind", sae.names())
 def test_losses_vmap_over_traced_hparams(kind: str, rng: np.random.Generator) -> None:
     arch = sae.get(kind)
-    params = arch.init(D_IN, D_SAE, key=jax.random.key(1))
+    d_in = D_IN * getattr(arch, "n_layers", 1)  # a crosscoder reads n_layers vectors of D_IN
+    params = arch.init(d_in, D_SAE, key=jax.random.key(1))
     stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
-    x = jnp.asarray(rng.normal(size=(BATCH, D_IN)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(BATCH, arch.row_width(d_in))), jnp.float32)  # transcoders: [x | y]
     hp = {
         "l1_coefficient": jnp.asarray([0.1, 1.0], jnp.float32),
         "k": jnp.asarray([2, 4], jnp.int32),

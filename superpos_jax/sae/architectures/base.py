@@ -224,6 +224,8 @@ class Architecture(abc.ABC):
         auxk: dead latents are handled by AuxK (no resampling).
         saelens_architecture: its SAELens name, or None when it is saved in its inference form.
         params_type: the class of its params pytree.
+        one_hook: it reads one hook's activations and reconstructs them (False for transcoders,
+            which predict another hook, and crosscoders, which read several).
     """
 
     name: ClassVar[str]
@@ -233,6 +235,7 @@ class Architecture(abc.ABC):
     auxk: ClassVar[bool] = False
     saelens_architecture: ClassVar[str | None]
     params_type: ClassVar[type] = SAEParams
+    one_hook: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ parameters
 
@@ -272,6 +275,11 @@ class Architecture(abc.ABC):
     def d_sae(self, params: Any) -> int:
         """Number of latents."""
         return int(params.W_enc.shape[-2])
+
+    def row_width(self, d_in: int) -> int:
+        """Width of the training rows of an SAE reading `d_in` inputs: d_in itself (a
+        transcoder's rows also hold its target, [x | y])."""
+        return d_in
 
     def hparam(self, hp: Mapping[str, Any], name: str, like: Array) -> Array:
         """`hp[name]` (or the default) in the dtype of `like`."""

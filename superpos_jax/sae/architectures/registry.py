@@ -3,6 +3,7 @@
     register(arch)        add an `Architecture` instance under `arch.name`
     get(name)             the architecture called `name` (an `Architecture` passes through)
     names()               every registered name, in registration order
+    hook_names()          those that read and reconstruct one hook (not transcoders, crosscoders)
     for_saelens(name)     the architecture that loads a SAELens architecture name
 
 A new architecture is one file defining its `Architecture` subclass plus one `register(...)`
@@ -39,6 +40,12 @@ def get(name: str | Architecture) -> Architecture:
 def names() -> tuple[str, ...]:
     """The registered architecture names, in registration order."""
     return tuple(_REGISTRY)
+
+
+def hook_names() -> tuple[str, ...]:
+    """The registered architectures that read one hook's activations and reconstruct them
+    (`Architecture.one_hook`): what an SAE on one hook point may be."""
+    return tuple(name for name, arch in _REGISTRY.items() if arch.one_hook)
 
 
 def for_saelens(saelens_name: str) -> Architecture:
