@@ -1,4 +1,4 @@
-"""The language-model stage the LM experiments share (monosemanticity, sae-lm): the corpus a
+"""The language-model stage the LM experiments share (monosemanticity, sae-lm, ...): the corpus a
 config names, tokenized, and the language model — either trained here (byte tokens; AdamW with a
 warm-up then cosine decay; seeds vmapped in one sweep, the lowest validation loss kept) or, with
 `pretrained`, a GPT-2-family checkpoint loaded from a Hugging Face directory and its own
@@ -7,6 +7,11 @@ warm-up then cosine decay; seeds vmapped in one sweep, the lowest validation los
 A config using this stage has `model` (a `TransformerConfig`), `pretrained` (a directory or
 None), `n_seeds`, `seed`, `n_steps`, `lm_batch`, `lm_learning_rate`, `log_every` and the corpus
 fields (`corpus_dir`, `corpus_glob`, `max_bytes`).
+
+The offline evaluations they share follow: concept labels of the validation windows from
+Python's `tokenize` (`validation_token_labels`), k-sparse probes of a unit set against them
+(`concept_probes`, `probing_summary`), and the dead/dense fractions logged over training
+(`firing_trace`).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import make_trainer
 from superpos_jax.lm import activations
 from superpos_jax.lm.corpus import SEPARATOR, Corpus, eval_windows, load_corpus
+from superpos_jax.lm.labels import CONCEPTS, byte_labels, concept_frequencies, corpus_token_ends, token_labels
 from superpos_jax.lm.task import CorpusWindows, lm_task
 from superpos_jax.lm.tokenizers import TOKENIZER_FILE, ByteTokenizer
 from superpos_jax.lm.transformer import TransformerConfig, TransformerParams
 from superpos_jax.rundir import RunDir
+from superpos_jax.sae.probing import k_sparse_probe
 
 def load_config_corpus(cfg: Any) -> Corpus:
     """The corpus `cfg` names (`corpus_dir`, `corpus_glob`, `max_bytes`)."""
@@ -182,3 +189,71 @@ def language_model(
     best = int(np.nanargmin(val_losses))
     return LanguageModel(_take(lm.state.params, best), cfg.model, ByteTokenizer(), corpus.train, corpus.val,
                          np.asarray(val), val_losses, best, lm.losses, lm.seconds, "trained")
+
+
+# ------------------------------------------------------------------ offline evaluations of SAEs
+
+PROBE_TEST_EVERY = 5
+"""Probes are scored on every fifth validation window (whole windows, spread over the validation
+files, so that a few files do not make up the held-out set) and fit on the other windows."""
+PROBE_MIN_CLASS = 10
+"""A concept is probed only with at least this many positive and negative tokens in both splits."""
+
+
+def validation_token_labels(lm: LanguageModel, corpus: Corpus) -> dict[str, np.ndarray]:
+    """Concept labels (`labels.CONCEPTS`, `indent_depth`, `valid`) of every position of the
+    validation windows `lm.val`, each (n_windows, n_ctx): the validation bytes labelled by
+    `tokenize`, a token taking the label of its last byte. The windows are those of
+    `corpus.eval_windows` (window i starts at i·⌊n_tokens / n_windows⌋)."""
+    ends = corpus_token_ends(corpus.val, lm.tokenizer, lm.val_tokens)
+    per_token = token_labels(byte_labels(corpus.val), ends)
+    n_windows, n_ctx = lm.val.shape
+    index = np.arange(n_windows)[:, None] * (lm.val_tokens.size // n_windows) + np.arange(n_ctx)[None, :]
+    if not np.array_equal(np.asarray(lm.val_tokens)[index], np.asarray(lm.val)):
+        raise AssertionError("the validation windows are not corpus.eval_windows of the validation tokens")
+    return {name: v[index] for name, v in per_token.items()}
+
+
+def concept_probes(units: np.ndarray, labels: dict[str, np.ndarray], ks: tuple[int, ...], *, width: int = 0
+                   ) -> dict[str, Any]:
+    """k-sparse probes of every concept on `units` (n_windows, n_ctx, d) at the valid positions
+    of `labels` (`validation_token_labels`). Returns {"accuracy", "balanced_accuracy"}: each
+    {concept: [score per k]} over the concepts with enough tokens of both classes. `width` > d
+    pads the units with zero columns (never informative: a zero column's mean gap is 0 and its
+    weight 0), so that unit sets of different widths share one compiled probe."""
+    valid = labels["valid"].reshape(-1)
+    x = np.asarray(units, np.float32).reshape(valid.size, -1)[valid]
+    if width > x.shape[1]:
+        x = np.pad(x, ((0, 0), (0, width - x.shape[1])))
+    y = np.stack([labels[c].reshape(-1)[valid] for c in CONCEPTS], axis=1)
+    window = np.repeat(np.arange(labels["valid"].shape[0]), labels["valid"].shape[1])[valid]
+    res = k_sparse_probe(x, y, ks, train=window % PROBE_TEST_EVERY != PROBE_TEST_EVERY - 1, min_class=PROBE_MIN_CLASS)
+    scored = [j for j in range(len(CONCEPTS)) if np.isfinite(res.balanced_accuracy[:, j]).all()]
+    return {field: {CONCEPTS[j]: [float(v) for v in getattr(res, field)[:, j]] for j in scored}
+            for field in ("accuracy", "balanced_accuracy")}
+
+
+def probing_summary(ks: tuple[int, ...], labels: dict[str, np.ndarray], scores: dict[str, dict[str, list[float]]]
+                    ) -> dict[str, Any]:
+    """The probing table of several unit sets ({name: {concept: [balanced accuracy per k]}}):
+    the concepts scored for all of them, their token frequencies, per set an array-like
+    (n_k, n_concepts), and one row per concept × k."""
+    concepts = [c for c in CONCEPTS if all(c in s for s in scores.values())]
+    freq = concept_frequencies(labels)
+    out: dict[str, Any] = {"ks": list(ks), "concepts": concepts, "metric": "balanced accuracy (held-out)",
+                           "frequency": {c: freq[c] for c in concepts},
+                           "n_valid_tokens": int(np.sum(labels["valid"]))}
+    for name, s in scores.items():
+        out[name] = [[s[c][i] for c in concepts] for i in range(len(ks))]
+    out["table"] = [{"concept": c, "k": k, **{name: s[c][i] for name, s in scores.items()}}
+                    for c in concepts for i, k in enumerate(ks)]
+    return out
+
+
+def firing_trace(result: Any, log_every: int) -> dict[str, Any]:
+    """The dead and dense fractions logged during training (`firing_observer`), per instance
+    and log window: {"steps": [...], "dead_fraction": [[...] per instance], "dense_fraction": ...}."""
+    obs = result.observations or {}
+    n = np.asarray(result.losses).shape[1]
+    return {"steps": [(w + 1) * log_every for w in range(n)],
+            **{name: np.asarray(obs[name]).tolist() for name in ("dead_fraction", "dense_fraction") if name in obs}}

@@ -7,9 +7,18 @@ Pipeline (each training stage is one compiled, checkpointed, resumable sweep):
    loss against the unigram baseline;
 2. MLP activations `blocks.0.mlp.post` harvested on training windows (and on validation
    windows for evaluation);
-3. SAEs on them, one sweep over k (TopK) or λ; per SAE: L0, FVU, dead fraction and the CE
-   loss recovered = (CE_zero-ablated − CE_spliced) / (CE_zero-ablated − CE_clean), with the
-   SAE's reconstruction spliced in place of the MLP activations on validation windows;
+3. SAEs on them, one sweep over k (TopK) or λ; per SAE: L0, FVU, dead and dense fractions
+   (latents firing on no / more than 10% of the validation tokens), the CE loss recovered =
+   (CE_zero-ablated − CE_spliced) / (CE_zero-ablated − CE_clean) and the Δ loss =
+   CE_spliced − CE_clean (nats per token), with the SAE's reconstruction spliced in place of the
+   MLP activations on validation windows. During training the dead and dense fractions on
+   `firing_rows` held-out rows are logged every `log_every` steps (metrics.jsonl, per chunk;
+   `sae.training.firing_observer`);
+3b. concept probing (`superpos_jax.sae.probing`): Python-token concepts of every validation
+   token (`superpos_jax.lm.labels`: string, comment, keyword, identifier, indentation depth,
+   ...; a token has the concept of its last byte) probed by k-sparse logistic probes on the SAE
+   latents and, for contrast, on the MLP neurons, for each k in `probe_ks` (units chosen by the
+   class-mean gap on 4 of every 5 validation windows, balanced accuracy on the fifth);
 4. a feature browser (browser/index.html, `superpos_jax.lm.browser`) for the best SAE and, for
    contrast, the MLP neurons: per unit a page and a Neuronpedia-style JSON file with its
    density and activation histogram, top and interval-sampled contexts, the logits it promotes
@@ -39,8 +48,8 @@ from . import common, lm_common
 from superpos_jax import plots
 from superpos_jax.lm import browser
 from superpos_jax.lm import steering
-from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, each, fail, library_errors, non_empty,
-                                 one_of, positive)
+from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, each, fail, in_range, library_errors,
+                                 non_empty, one_of, positive)
 from superpos_jax.lm.corpus import check_corpus, sample_windows, unigram_cross_entropy
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
@@ -54,7 +63,7 @@ from superpos_jax.plots.base import new_figure, save
 from superpos_jax.sae.sources import ArrayRows
 from superpos_jax.sae.io import save_sae
 from superpos_jax.sae.model import SAE
-from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.sae.training import SAETraining, batched_evaluate, firing_observer, recipe_optim, sae_hparams, sae_task
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.lm.tokenizers import ByteTokenizer
 from superpos_jax.engine.trainer import make_trainer
@@ -100,7 +109,7 @@ class Config(common.RunConfig):
     lm_learning_rate: PositiveFloat = 3e-3
     harvest_windows: PositiveInt = 2_048
     eval_windows: PositiveInt = 256
-    sae_kind: Annotated[str, one_of(*sae_lib.names())] = "topk"
+    sae_kind: Annotated[str, one_of(*sae_lib.hook_names())] = "topk"
     sae_expansion: PositiveInt = 2
     sae_coefficients: Annotated[tuple[float, ...], non_empty, each(positive)] = (16.0, 32.0)
     """k (TopK family) or λ of each SAE in the sweep."""
@@ -109,6 +118,12 @@ class Config(common.RunConfig):
     sae_learning_rate: PositiveFloat = 1e-3
     chunk_steps: PositiveInt = 1_000
     log_every: PositiveInt = 50
+    firing_rows: PositiveInt = 2_048
+    """Held-out activation rows on which the dead / dense fractions are logged during SAE training."""
+    dense_above: Annotated[float, in_range(0.0, 1.0, closed="()")] = 0.1
+    """A latent firing on more than this fraction of the tokens counts as dense."""
+    probe_ks: Annotated[tuple[int, ...], non_empty, each(positive)] = (1, 2, 5, 10, 20)
+    """The k of the k-sparse concept probes (units per probe)."""
     browser_units: PositiveInt = 40
     steer_prompt: str = "def __init__(self"
     steer_multiples: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0)
@@ -146,7 +161,7 @@ QUICK = {
     "max_bytes": 400_000, "model.d_model": 32, "model.n_heads": 2, "model.d_head": 16, "model.d_mlp": 128,
     "model.n_ctx": 32, "n_steps": 400,
     "harvest_windows": 512, "eval_windows": 64, "sae_steps": 400, "sae_batch": 256, "sae_coefficients": (8.0, 16.0),
-    "chunk_steps": 400, "browser_units": 12, "steer_prompt": "def ",
+    "chunk_steps": 400, "browser_units": 12, "steer_prompt": "def ", "firing_rows": 512, "probe_ks": (1, 5),
 }
 
 
@@ -192,30 +207,43 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
     coef_name = training.arch.swept
     sae_grid = Grid({coef_name: cfg.sae_coefficients})
     sae_hp = sae_hparams(training, **{coef_name: np.asarray(cfg.sae_coefficients, np.float32)})
-    sae_trainer = make_trainer(sae_task(training, ArrayRows(acts)), recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate),
-                               log_every=cfg.log_every)
+    source = ArrayRows(acts)
+    flat_val = jnp.asarray(val_acts.reshape(-1, mcfg.d_mlp))
+    observe = firing_observer(training, source, flat_val[:: max(flat_val.shape[0] // cfg.firing_rows, 1)][: cfg.firing_rows],
+                              dense_above=cfg.dense_above)
+    sae_trainer = make_trainer(sae_task(training, source), recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate),
+                               log_every=cfg.log_every, observe=observe)
     sae_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed + 2), s))(jnp.arange(sae_grid.size, dtype=jnp.uint32))
     saes = common.train(NAME, cfg, sae_grid, sae_hp, sae_keys, sae_trainer, out_dir, progress=progress,
                         execution=execution, tag="sae", n_steps=cfg.sae_steps, fingerprint=corpus_fingerprint)
-    flat_val = jnp.asarray(val_acts.reshape(-1, mcfg.d_mlp))
     ev = batched_evaluate(training, saes.state, flat_val, sae_hp)
     ce_clean = val_losses[best_seed]
     ce_ablated = activations.loss_under_hooks(model, val, {HOOK: ZeroAblate()})
     records, trained = [], []
+    encode = jax.jit(lambda m, x: m.encode(x))
+    concept_labels = lm_common.validation_token_labels(lm, corpus)
+    neuron_probes = lm_common.concept_probes(val_acts, concept_labels, cfg.probe_ks, width=training.d_sae)
+    n_rows = flat_val.shape[0]
     for i in range(sae_grid.size):
         sae = SAE.from_sweep(training, saes.state, sae_hp, i).inference()  # acts on raw activations
         trained.append(sae)
         ce = activations.ce_loss_recovered(model, sae, HOOK, val, clean=ce_clean, ablated=ce_ablated)
+        probes = lm_common.concept_probes(np.asarray(encode(sae, flat_val)).reshape(val_acts.shape[:2] + (-1,)), concept_labels,
+                                cfg.probe_ks)
         records.append({
             "coords": sae_grid.coords(i), "l0": float(ev["l0"][i]), "fvu": float(ev["fvu"][i]),
-            "dead_fraction": float(np.mean(ev["fired"][i] == 0)), "ce_with_sae": ce.spliced,
-            "ce_loss_recovered": ce.recovered, "final_train_loss": float(np.nanmean(saes.losses[i, -5:])),
+            "dead_fraction": float(np.mean(ev["fired"][i] == 0)),
+            "dense_fraction": float(np.mean(ev["fired"][i] > cfg.dense_above * n_rows)), "ce_with_sae": ce.spliced,
+            "ce_loss_recovered": ce.recovered, "delta_loss": ce.spliced - ce_clean,
+            "final_train_loss": float(np.nanmean(saes.losses[i, -5:])),
+            "probing": probes["balanced_accuracy"],
         })
     best = int(np.argmax([r["ce_loss_recovered"] for r in records]))
     best_sae = trained[best]
+    probing = lm_common.probing_summary(cfg.probe_ks, concept_labels, {"features": records[best]["probing"],
+                                                             "neurons": neuron_probes["balanced_accuracy"]})
 
     # 4. feature browser
-    encode = jax.jit(lambda m, x: m.encode(x))
     f_val = np.asarray(encode(best_sae, flat_val)).reshape(val_acts.shape[:2] + (-1,))
     tokens = np.asarray(val)
     W_out, W_U = np.asarray(model.blocks[cfg.layer].mlp.W_out), np.asarray(model.W_U)
@@ -265,6 +293,9 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
         lm.save_tokenizer(save_transformer(out_dir.path("model"), model))
         save_sae(best_sae, out_dir.path("sae"), hook_name=HOOK, model_name=f"superpos-{NAME}")
         _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_purity, neuron_purity, ce_clean, unigram)
+        save(sae_plots.probing_accuracy(probing["concepts"], probing["ks"], {
+            f"SAE features {sae_grid.coords(best)}": probing["features"], f"MLP neurons (block {cfg.layer})": probing["neurons"]},
+            title=f"{NAME}: k-sparse probes of Python-token concepts, validation tokens"), figures / "probing.png")
         browser.write_browser(
             out_dir.path("browser"), f"{NAME}: SAE features vs MLP neurons",
             [browser.Section(f"SAE features of SAE {sae_grid.coords(best)} (the top ones on the prompts, then a random "
@@ -286,7 +317,9 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
                "zero_ablated_mlp_loss": ce_ablated, "train_seconds": lm.seconds, "source": lm.source,
                "final_train_loss": None if lm.losses is None else float(np.nanmean(lm.losses[best_seed, -5:]))},
         "sae": {"kind": cfg.sae_kind, "d_sae": training.d_sae, "instances": records, "best": best,
-                "best_ce_loss_recovered": records[best]["ce_loss_recovered"], "train_seconds": saes.seconds},
+                "best_ce_loss_recovered": records[best]["ce_loss_recovered"], "train_seconds": saes.seconds,
+                "firing_over_training": lm_common.firing_trace(saes, cfg.log_every)},
+        "probing": probing,
         "browser": {"features_alive": int(alive.size), "features_total": training.d_sae,
                     "feature_purity_mean": float(np.mean(feature_purity)) if feature_purity.size else 0.0,
                     "neuron_purity_mean": float(np.mean(neuron_purity)),
@@ -304,6 +337,8 @@ def _figures(cfg, figures, lm, saes, records, density, neuron_density, feature_p
     save(sae_plots.density_histograms({"SAE features": density, "MLP neurons": neuron_density}), figures / "density.png")
     save(sae_plots.pareto(np.asarray([r["l0"] for r in records]), np.asarray([r["fvu"] for r in records]),
                           groups=[cfg.sae_kind] * len(records)), figures / "pareto.png")
+    save(sae_plots.delta_loss_vs_l0([r["l0"] for r in records], [r["delta_loss"] for r in records],
+                                    groups=[cfg.sae_kind] * len(records)), figures / "delta_loss.png")
     fig = new_figure((6.0, 3.8))
     ax = fig.subplots()
     bins = np.linspace(0, 1, 21)

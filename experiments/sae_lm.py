@@ -14,9 +14,17 @@ Pipeline (each training stage one compiled, checkpointed, resumable sweep):
    against zero ablation, (CE_zero − CE_spliced) / (CE_zero − CE_clean), and against mean
    ablation (the hook's mean activation over the validation rows). The first `skip_positions`
    positions of every window are neither trained on nor spliced/ablated (module docstring of
-   `lm.feed`).
+   `lm.feed`). Also the Δ loss = CE_spliced − CE_clean (nats per token) and the dense fraction
+   (latents firing on more than `dense_above` of the validation rows); during training the dead
+   and dense fractions on `firing_rows` validation rows of the instance's layer are logged every
+   `log_every` steps (metrics.jsonl, per chunk; `sae.training.firing_observer`; not with the
+   April-2024 recipe, whose input scale is a per-instance statistic of the fed source);
+4. concept probing as in `monosemanticity`: Python-token concepts of the validation tokens
+   (`lm.labels`) probed with k-sparse probes (`sae.probing`) on every SAE's latents, on the MLP
+   neurons of the same block and on the hook's own units (its basis directions), same k.
 
-Figures: the LM's loss, every SAE's loss, and FVU / CE recovered against layer per size.
+Figures: the LM's loss, every SAE's loss, FVU / CE recovered against layer per size, Δ loss
+against L0, and per layer the probing accuracy of the best SAE's features vs neurons vs units.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ import numpy as np
 
 from . import common, lm_common
 from superpos_jax import plots
-from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, each, fail, library_errors, non_empty,
-                                 one_of, positive)
+from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, each, fail, in_range, library_errors,
+                                 non_empty, one_of, positive)
 from superpos_jax.engine.distributed import is_primary
 from superpos_jax.engine.execution import Execution
 from superpos_jax.engine.sweep import Grid
@@ -46,7 +54,8 @@ from superpos_jax.plots.base import new_figure, save
 from superpos_jax.rundir import RunDir
 from superpos_jax.sae import architectures as sae_lib
 from superpos_jax.sae.model import SAE
-from superpos_jax.sae.training import SAETraining, batched_evaluate, recipe_optim, sae_hparams, sae_task
+from superpos_jax.plots import sae as sae_plots
+from superpos_jax.sae.training import SAETraining, batched_evaluate, firing_observer, recipe_optim, sae_hparams, sae_task
 
 NAME = "sae-lm"
 DESCRIPTION = "SAEs of several sizes on every layer of a tiny LM at once, activations computed in the training loop"
@@ -81,7 +90,7 @@ class Config(common.RunConfig):
     """The hook point of every block the SAEs read (`blocks.{layer}.{hook}`)."""
     skip_positions: NonNegativeInt = 1
     """Leading positions of every window left out of training and evaluation."""
-    sae_kind: Annotated[str, one_of(*sae_lib.names())] = "topk"
+    sae_kind: Annotated[str, one_of(*sae_lib.hook_names())] = "topk"
     sae_expansions: Annotated[tuple[int, ...], non_empty, each(positive)] = (4, 8)
     """Dictionary sizes as multiples of the hook's width (one sweep each)."""
     sae_coefficients: Annotated[tuple[float, ...], non_empty, each(positive)] = (16.0, 32.0)
@@ -95,6 +104,12 @@ class Config(common.RunConfig):
     stats_samples: PositiveInt = 4096
     """Activations for the geometric median / input scale at SAE init."""
     eval_windows: PositiveInt = 256
+    firing_rows: PositiveInt = 2_048
+    """Validation rows per layer on which the dead / dense fractions are logged during training."""
+    dense_above: Annotated[float, in_range(0.0, 1.0, closed="()")] = 0.1
+    """A latent firing on more than this fraction of the rows counts as dense."""
+    probe_ks: Annotated[tuple[int, ...], non_empty, each(positive)] = (1, 2, 5, 10, 20)
+    """The k of the k-sparse concept probes (units per probe)."""
     chunk_steps: PositiveInt = 1_000
     log_every: PositiveInt = 50
 
@@ -126,7 +141,7 @@ class Config(common.RunConfig):
 QUICK = {
     "max_bytes": 300_000, "model.d_model": 32, "model.n_heads": 2, "model.d_head": 16, "model.d_mlp": 128,
     "model.n_ctx": 32, "n_steps": 200, "sae_steps": 200, "sae_batch": 256, "sae_coefficients": (8.0,),
-    "stats_samples": 1024, "eval_windows": 32, "chunk_steps": 200,
+    "stats_samples": 1024, "eval_windows": 32, "chunk_steps": 200, "firing_rows": 512, "probe_ks": (1, 5),
 }
 
 
@@ -176,6 +191,17 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
     layer_records, sweeps, records = [], [], []
     val_source = LMActivations(model, lm.train_tokens, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix)
     val_acts = jax.jit(val_source.activations)(val_source.shared, val)  # (layer, rows, d), on the device
+    n_val, n_rows = val.shape[0], val_acts.shape[1]
+    firing_x = val_acts[:, :: max(n_rows // cfg.firing_rows, 1)][:, : cfg.firing_rows]
+    concept_labels = {name: v[:, skip:] for name, v in lm_common.validation_token_labels(lm, corpus).items()}
+    baselines: list[dict[str, Any]] = []
+    probe_width = width(cfg) * max(cfg.sae_expansions)  # every unit set padded to one width: one compiled probe
+    for layer, hook in enumerate(hooks):
+        units = {"hook units": np.asarray(val_acts[layer]).reshape(n_val, -1, val_acts.shape[-1])}
+        if not lm.cfg.attn_only:
+            units["MLP neurons"] = activations.harvest(model, val, f"blocks.{layer}.mlp.post")[:, skip:]
+        baselines.append({name: lm_common.concept_probes(u, concept_labels, cfg.probe_ks, width=probe_width)["balanced_accuracy"]
+                          for name, u in units.items()})
     for layer, hook in enumerate(hooks):
         mean = jnp.mean(val_acts[layer], axis=0)
         layer_records.append({
@@ -192,12 +218,15 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
                                seed=cfg.seed + 3)
         hp = sae_hparams(training, **{coef: grid.column(coef).astype(np.float32)},
                          hook=source.hook_hparam(grid.column("layer").tolist()))
-        sae_trainer = make_trainer(sae_task(training, source),
-                                   recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate), log_every=cfg.log_every)
+        observe = None if training.april_2024 else firing_observer(training, source, firing_x, dense_above=cfg.dense_above,
+                                                                    by="hook")
+        sae_trainer = make_trainer(sae_task(training, source), recipe_optim(training, cfg.sae_steps, cfg.sae_learning_rate),
+                                   log_every=cfg.log_every, observe=observe)
         saes = common.train(NAME, cfg, grid, hp, common.seed_keys(cfg.seed + 2, grid), sae_trainer, out_dir,
                             progress=progress, execution=execution, tag=f"sae_x{expansion}", n_steps=cfg.sae_steps,
                             fingerprint=fingerprint)
         sweeps.append((expansion, grid, saes))
+        encode = jax.jit(lambda m, x: m.encode(x))
         layers = grid.column("layer")
         for layer, hook in enumerate(hooks):
             idx = np.flatnonzero(layers == layer)
@@ -206,17 +235,33 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
             for j, i in enumerate(idx):
                 sae = SAE.from_sweep(training, saes.state, hp, int(i)).inference()
                 spliced = activations.loss_under_hooks(model, val, {hook: SpliceSAE(sae, mask)})
+                latents = np.asarray(encode(sae, val_acts[layer])).reshape(n_val, -1, training.d_sae)
                 records.append({
                     "coords": {"d_sae": training.d_sae, **grid.coords(int(i))}, "expansion": expansion, "hook": hook,
                     "l0": float(ev["l0"][j]), "fvu": float(ev["fvu"][j]),
-                    "dead_fraction": float(np.mean(np.asarray(ev["fired"][j]) == 0)), "ce_with_sae": spliced,
+                    "dead_fraction": float(np.mean(np.asarray(ev["fired"][j]) == 0)),
+                    "dense_fraction": float(np.mean(np.asarray(ev["fired"][j]) > cfg.dense_above * n_rows)),
+                    "ce_with_sae": spliced, "delta_loss": spliced - clean,
                     "ce_loss_recovered": _recovered(base["zero_ablated"], spliced, clean),
                     "ce_loss_recovered_vs_mean": _recovered(base["mean_ablated"], spliced, clean),
                     "final_train_loss": float(np.nanmean(saes.losses[i, -5:])),
+                    "probing": lm_common.concept_probes(latents, concept_labels, cfg.probe_ks, width=probe_width)["balanced_accuracy"],
                 })
 
+    probing = {"ks": list(cfg.probe_ks), "layers": []}
+    for layer, hook in enumerate(hooks):
+        mine = [r for r in records if r["coords"]["layer"] == layer]
+        best = max(mine, key=lambda r: r["ce_loss_recovered"])
+        table = lm_common.probing_summary(cfg.probe_ks, concept_labels, {
+            f"SAE features (d_sae {best['coords']['d_sae']}, best CE recovered)": best["probing"], **baselines[layer]})
+        probing["layers"].append({"layer": layer, "hook": hook, "best_sae": best["coords"], **table})
     if is_primary():
         _figures(cfg, out_dir.figures, lm, sweeps, records)
+        for entry in probing["layers"]:
+            names = [n for n in entry if n.startswith("SAE features") or n in ("hook units", "MLP neurons")]
+            save(sae_plots.probing_accuracy(entry["concepts"], entry["ks"], {n: entry[n] for n in names},
+                                            title=f"{NAME}: k-sparse probes, {entry['hook']}"),
+                 out_dir.figures / f"probing_layer{entry['layer']}.png")
     return {
         "corpus": {"root": str(corpus.root), "files": corpus.n_files, "train_bytes": int(corpus.train.size),
                    "val_bytes": int(corpus.val.size), "fingerprint": corpus.fingerprint},
@@ -228,9 +273,11 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
             "kind": cfg.sae_kind, "hook": cfg.hook, "skip_positions": skip, "instances": records,
             "feed": {"n_contexts": val_source.n_contexts, "positions": val_source.positions, "pool": val_source.pool},
             "sweeps": [{"expansion": e, "d_sae": e * width(cfg), "n_instances": g.size, "train_seconds": s.seconds,
-                        "activations_per_second": g.size * cfg.sae_batch * s.steps_per_second}
+                        "activations_per_second": g.size * cfg.sae_batch * s.steps_per_second,
+                        "firing_over_training": lm_common.firing_trace(s, cfg.log_every)}
                        for e, g, s in sweeps],
         },
+        "probing": probing,
     }
 
 
@@ -262,3 +309,6 @@ def _figures(cfg: Config, figures: Path, lm: Any, sweeps: list, records: list[di
     axes[0].legend(loc="best", fontsize=7)
     fig.tight_layout()
     save(fig, figures / "layers.png")
+    save(sae_plots.delta_loss_vs_l0([r["l0"] for r in records], [r["delta_loss"] for r in records],
+                                    groups=[f"layer {r['coords']['layer']}, d_sae {r['coords']['d_sae']}" for r in records]),
+         figures / "delta_loss.png")

@@ -2,7 +2,7 @@
 checkpoints in `pretrained`), its Task, corpus and tokenizers, interventions,
 steering, activations (harvest, loss under hooks, CE loss recovered; computed inside an SAE's
 training loop by `feed.LMActivations`), induction heads, concept
-erasure and the feature browser."""
+erasure, the feature browser, and concept labels of Python source from `tokenize` (`labels`)."""
 
 from superpos_jax._lazy import attach
 
@@ -18,6 +18,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "steering": [],
     "induction": [],
     "browser": [],
+    "labels": ["CONCEPTS", "byte_labels", "concept_frequencies", "corpus_token_ends", "token_ends", "token_labels"],
     "io": ["load_transformer", "save_transformer"],
     "pretrained": ["from_tl_state_dict", "load_hf_gpt2", "save_hf_gpt2", "to_tl_state_dict"],
 })

@@ -447,3 +447,74 @@ def recovery(
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def probing_accuracy(
+    concepts: Sequence[str],
+    ks: Sequence[int],
+    scores: Mapping[str, npt.ArrayLike],
+    *,
+    title: str = "k-sparse probing",
+    ylabel: str = "held-out balanced accuracy",
+) -> Figure:
+    """k-sparse probing of concepts by several unit sets (SAE features vs MLP neurons).
+
+    Args:
+        concepts: the probed concepts (n_concepts,).
+        ks: the k values (n_k,); one panel per k.
+        scores: {unit set name: array (n_k, n_concepts)} (NaN: not scored; drawn as a gap).
+        title, ylabel: the figure's title and the y-axis label.
+    """
+    names = list(scores)
+    fig = new_figure((min(6.0 + 0.45 * len(concepts), 15.0), 2.4 * len(ks) + 0.8))
+    axes = np.atleast_1d(fig.subplots(len(ks), 1, sharex=True, squeeze=False)[:, 0])
+    x = np.arange(len(concepts))
+    width = 0.8 / max(len(names), 1)
+    for row, (ax, k) in enumerate(zip(axes, ks, strict=True)):
+        for j, name in enumerate(names):
+            values = np.asarray(scores[name], dtype=float)[row]
+            mean = np.nanmean(values) if np.isfinite(values).any() else float("nan")
+            ax.bar(x + (j - (len(names) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width,
+                   color=_colour(j), label=f"{name} (mean {mean:.2f})")
+        ax.axhline(0.5, color=DEAD_COLOUR, lw=0.8, ls="--")
+        ax.set_ylim(0.4, 1.0)
+        ax.set_ylabel(f"k = {k}\n{ylabel}" if row == len(ks) // 2 else f"k = {k}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    axes[-1].set_xticks(x)
+    axes[-1].set_xticklabels(concepts, rotation=40, ha="right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def delta_loss_vs_l0(
+    l0: npt.ArrayLike, delta_loss: npt.ArrayLike, *, groups: Sequence[Any] | None = None,
+    title: str = "Δ loss (CE spliced − CE clean) vs L0",
+) -> Figure:
+    """The downstream cost of each SAE against its sparsity: Δ loss = CE with the SAE spliced in
+    minus the clean CE (nats per token), one point per SAE, points of a group joined in L0 order.
+
+    Args:
+        l0, delta_loss: (n_saes,).
+        groups: a label per SAE (e.g. its layer or size); None: one group.
+    """
+    l0, delta = np.asarray(l0, dtype=float), np.asarray(delta_loss, dtype=float)
+    groups = ["SAEs"] * l0.size if groups is None else list(groups)
+    fig = new_figure((5.6, 3.8))
+    ax = fig.subplots()
+    for i, g in enumerate(_group_order(groups)):
+        mine = np.flatnonzero(np.asarray([h == g for h in groups]))
+        order = mine[np.argsort(l0[mine])]
+        ax.plot(l0[order], delta[order], marker=MARKERS[i % len(MARKERS)], color=_colour(i), label=_group_label(g))
+    ax.axhline(0.0, color=DEAD_COLOUR, lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(_log_label(ax.xaxis)))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel("Δ loss (nats / token)")
+    ax.set_title(title)
+    if len(set(map(str, groups))) > 1:
+        ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return fig

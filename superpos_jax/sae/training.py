@@ -243,9 +243,11 @@ def sae_task(training: SAETraining, source: Any) -> Task:
     `FedSource`'s own `shared`: every function below reads it from its `shared` argument. A
     `FedSource`'s `feed` runs once per step for all instances (`Task.feed`) and its host
     `stream`, if any, is read per compiled call (`Task.stream`)."""
-    if int(source.d_in) != training.d_in:
-        raise ValueError(f"the source gives d_in={source.d_in} but the SAE expects d_in={training.d_in}")
     arch = training.arch
+    width = arch.row_width(training.d_in)  # a transcoder's rows are [x | y]
+    if int(source.d_in) != width:
+        raise ValueError(f"the source gives d_in={source.d_in} but the SAE expects d_in={width}"
+                         + (f" (rows [x | y] of a d_in={training.d_in} {arch.name})" if width != training.d_in else ""))
     fed = isinstance(source, FedSource)
     given = getattr(source, "batch_size", training.batch_size) if fed else training.batch_size
     if given != training.batch_size:
@@ -387,3 +389,45 @@ def batched_evaluate(
 @partial(jax.jit, static_argnums=0)
 def _evaluate_all(training: SAETraining, params: Any, extra: dict, x: Array, hparams: dict) -> dict[str, Array]:
     return jax.vmap(lambda p, e, h: evaluate(SAE.from_training(training, p, h, e), x))(params, extra, hparams)
+
+
+def firing_observer(
+    training: SAETraining, source: Any, x_eval: Float[npt.ArrayLike, "*set batch d_in"], *, dense_above: float = 0.1,
+    by: str | None = None,
+) -> Any:
+    """An `observe` for `make_trainer(sae_task(training, source), ..., observe=...)`: at the end of
+    every log window, the dead and dense fractions of the existing latents on the fixed rows
+    `x_eval` (raw activations, e.g. a few thousand held-out rows; they become a constant of the
+    compiled program, so keep them small). The window is those rows: dead = fires on none of them,
+    dense = fires on more than `dense_above` of them, latents encoded as in training (`arch.encode`
+    on the rows times the task's input scale). The trainer's `observe` sees params and hparams,
+    not `TrainState.extra`, so the training-batch `since_fired` count is not what is logged.
+
+    Args:
+        x_eval: (batch, d_in), or (n_sets, batch, d_in) with `by`: an instance reads the set
+            `hparams[by]` (e.g. its layer's rows, `by="hook"` for `lm.feed.LMActivations`).
+        by: see `x_eval`.
+
+    Returns `(params, hparams) -> {"dead_fraction": (), "dense_fraction": ()}` for one instance.
+    With the April-2024 recipe the input scale is the source's data statistic, so the source must
+    not be a `FedSource` (whose statistics may differ per instance) there."""
+    if training.april_2024 and isinstance(source, FedSource):
+        raise ValueError("firing_observer needs a source with fixed data statistics for the April-2024 recipe, "
+                         "not a FedSource")
+    arch, d_sae = training.arch, training.d_sae
+    scale = _data_statistics(training.april_2024, training.d_in, training.stats_samples, source)["input_scale"] \
+        if training.april_2024 else jnp.float32(1.0)
+    x_all = jnp.asarray(x_eval, jnp.float32) * scale
+    if x_all.ndim != (2 if by is None else 3):
+        raise ValueError(f"x_eval must be (batch, d_in){' or, with by, (n_sets, batch, d_in)' if by else ''}, "
+                         f"got shape {x_all.shape}")
+
+    def observe(params: Any, hparams: dict) -> dict[str, Array]:
+        x = x_all if by is None else x_all[jnp.asarray(hparams[by]).astype(jnp.int32)]
+        exists = latent_mask(hparams, d_sae)
+        rate = jnp.mean((arch.encode(params, x, hparams) > 0).astype(jnp.float32), axis=0)
+        n = jnp.maximum(jnp.sum(exists), 1).astype(jnp.float32)
+        return {"dead_fraction": jnp.sum(exists & (rate == 0)).astype(jnp.float32) / n,
+                "dense_fraction": jnp.sum(exists & (rate > dense_above)).astype(jnp.float32) / n}
+
+    return observe

@@ -4,6 +4,7 @@ and a larger dictionary is not worse at equal k."""
 
 import json
 
+import numpy as np
 import pytest
 
 from superpos_experiments import sae_lm
@@ -14,7 +15,7 @@ from superpos_jax.rundir import RunDir
 TINY = dict(max_bytes=200_000, model=TransformerConfig(n_layers=2, d_model=24, n_heads=2, d_head=12, d_mlp=96, n_ctx=24,
                                                        d_vocab=256, act="relu"),
             n_steps=200, lm_batch=32, sae_expansions=(2, 8), sae_coefficients=(6.0,), sae_steps=200, sae_batch=128,
-            stats_samples=512, eval_windows=48, chunk_steps=100, log_every=50)
+            stats_samples=512, eval_windows=48, chunk_steps=100, log_every=50, firing_rows=256, probe_ks=(1, 5))
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,32 @@ def test_every_layer_is_reconstructed_and_recovers_its_loss(tiny_run):
         mine = [line for line in lines if line["sweep"] == sweep]
         assert [line["step"] for line in mine] == [100, 200]
         assert [i["coords"]["layer"] for i in mine[-1]["instances"]] == [0, 1]
+        for inst in mine[-1]["instances"]:  # firing over training, on the instance's own layer's rows
+            assert 0.0 <= inst["dead_fraction"] <= 1.0 and 0.0 <= inst["dense_fraction"] <= 1.0 - inst["dead_fraction"]
+
+
+@pytest.mark.slow
+def test_delta_loss_and_probing_per_layer(tiny_run):
+    out, summary = tiny_run
+    clean = summary["lm"]["val_loss"]
+    for r in summary["sae"]["instances"]:
+        assert r["delta_loss"] == pytest.approx(r["ce_with_sae"] - clean, abs=1e-9) and r["delta_loss"] >= -1e-3
+        assert 0.0 <= r["dense_fraction"] <= 1.0 - r["dead_fraction"]
+    probing = summary["probing"]
+    assert probing["ks"] == [1, 5] and [e["layer"] for e in probing["layers"]] == [0, 1]
+    for entry in probing["layers"]:
+        assert {"string", "comment", "identifier"} <= set(entry["concepts"])
+        names = [n for n in entry if n.startswith("SAE features")] + ["hook units", "MLP neurons"]
+        assert len(names) == 3
+        for name in names:
+            acc = np.asarray(entry[name])
+            assert acc.shape == (2, len(entry["concepts"])) and np.isfinite(acc).all()
+            assert ((0.0 <= acc) & (acc <= 1.0)).all() and acc[1].mean() > 0.55, (name, acc)
+        assert (out / "figures" / f"probing_layer{entry['layer']}.png").stat().st_size > 0
+    assert (out / "figures" / "delta_loss.png").stat().st_size > 0
+    for sweep in summary["sae"]["sweeps"]:
+        trace = sweep["firing_over_training"]
+        assert len(trace["dense_fraction"]) == sweep["n_instances"] and len(trace["steps"]) == TINY["sae_steps"] // 50
 
 
 def test_bad_config_is_named():
