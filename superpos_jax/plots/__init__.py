@@ -8,8 +8,12 @@ Modules: `base` (`new_figure` for figures of your own, `save`, loss curves), `sp
 sparsity-sweep figure), `features2d` (2-D feature diagrams: intro, correlated), `phase` (phase
 diagrams), `geometry` (dimensions per feature, D_i scatter), `dynamics` (D_i over training),
 `neurons` (neuron-by-feature plots, abs-model weights), `adversarial` (vulnerability vs
-sparsity), `sae` (Pareto, feature density, scaling laws, ground-truth recovery), `attention`
-(induction: phase change, head scores, patterns). Each loads on first use.
+sparsity), `sae` (Pareto, feature density, scaling laws, ground-truth recovery, probing), `bench` (a metric
+against L0 per architecture), `attention` (induction: phase change, head scores, patterns),
+`memorization` (double descent in the training-set size, feature vs data-point dimensionality,
+W_i vs h_t pictures), `pruning` (lottery tickets: loss and geometry against the weights kept),
+`universality`, `splitting`, `completeness` (the SAE studies of their experiments). Each loads
+on first use.
 """
 
 from superpos_jax._lazy import attach
@@ -25,4 +29,10 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "phase": ["phase_diagram_figure"],
     "sae": [],
     "sparsity": ["sparsity_figure"],
+    "bench": ["metric_vs_l0"],
+    "memorization": ["dimensionality_figure", "double_descent_figure", "memorization_geometry_figure"],
+    "pruning": ["ticket_geometry_figure", "ticket_gram_figure", "ticket_loss_figure"],
+    "universality": ["shared_fraction_figure", "similarity_histograms", "toy_universality_figure"],
+    "completeness": ["scores_figure", "size_needed_figure"],
+    "splitting": ["SplitNode", "criterion_figure", "split_counts_figure", "split_tree_figure"],
 })

@@ -1,4 +1,5 @@
-"""Toy models of superposition: models, samplers, metrics, geometry, theory, adversarial attacks."""
+"""Toy models of superposition: models, samplers, metrics, geometry, theory, adversarial attacks,
+finite data sets and memorisation, magnitude pruning (lottery tickets)."""
 
 from superpos_jax._lazy import attach
 
@@ -13,4 +14,8 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "geometry": ["classify_geometry", "fraction_counts", "fraction_label", "nearest_fraction", "project_to_plane"],
     "theory": ["theoretical_phases"],
     "adversarial": ["attack_toy"],
+    "datasets": ["batch_indices", "gather_batch", "sample_pool", "train_mask"],
+    "memorization": ["datapoint_dimensionality", "hidden_mask", "init_masked", "masked_forward",
+                     "memorization_hparams", "memorization_task", "pool_loss"],
+    "pruning": ["keep_count", "magnitude_mask", "masked_toy_task", "masked_updates"],
 })
