@@ -117,7 +117,8 @@ def _own_cfg(directory: Path) -> dict[str, Any] | None:
     path = directory / CFG_FILENAME
     if not path.is_file():
         return None
-    cfg = bounded_json.read(path, error=SAELensFormatError, max_bytes=16_000_000, max_depth=32)
+    # The same bounds as the SAELens reader (non-finite numbers included: SAELens cfgs hold NaN).
+    cfg = bounded_json.read(path, error=SAELensFormatError, max_bytes=16_000_000, max_depth=32, allow_nonfinite=True)
     return cfg if isinstance(cfg, dict) and "superpos_format" in cfg else None
 
 

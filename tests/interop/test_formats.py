@@ -210,7 +210,8 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 def _our_weights(architecture: str, d_in: int, d_sae: int, rng: np.random.Generator, dtype=np.float32) -> dict:
     """SAE weights in OUR convention: W_enc (d_sae, d_in), W_dec (d_in, d_sae)."""
-    shapes = {"W_enc": (d_sae, d_in), "W_dec": (d_in, d_sae), "b_dec": (d_in,)}
+    shapes = {"W_enc": (d_sae, d_in), "W_dec": (d_in, d_sae), "b_dec": (d_in,), "W_skip": (d_in, d_in)}
+    shapes = {name: shape for name, shape in shapes.items() if name in sl.ARCHITECTURES[architecture]}
     shapes.update({name: (d_sae,) for name in sl.ARCHITECTURES[architecture] if name not in shapes})
     return {name: rng.standard_normal(shape).astype(dtype) for name, shape in shapes.items()}
 
@@ -240,7 +241,9 @@ def test_saelens_round_trip_is_exact(tmp_path, rng, architecture, dtype):
     assert cfg_json["architecture"] == architecture
     assert (cfg_json["d_in"], cfg_json["d_sae"]) == (d_in, d_sae)
     assert cfg_json["dtype"] == np.dtype(dtype).name and cfg_json["device"] == "cpu"
-    assert cfg_json["apply_b_dec_to_input"] is True and cfg_json["normalize_activations"] == "none"
+    transcoder = architecture in ("transcoder", "skip_transcoder")  # no b_dec centring; d_out = d_in here
+    assert cfg_json["apply_b_dec_to_input"] is not transcoder and cfg_json["normalize_activations"] == "none"
+    assert cfg_json.get("d_out") == (d_in if transcoder else None)
     assert cfg_json["reshape_activations"] == "none"
     assert cfg_json["metadata"] == {"sae_lens_version": sl.SAELENS_VERSION, "sae_lens_training_version": None,
                                     "hook_head_index": None, "hook_name": "blocks.0.hook_resid_post",
@@ -445,7 +448,7 @@ def test_saelens_save_errors(tmp_path, rng):
         (weights, _cfg("standard", hook_name=3), "field 'hook_name' = 3 is invalid: must be a string or null"),
         (weights, _cfg("standard", metadata={"model_name": "other"}), "'model_name' = 'toy' disagrees with 'metadata"),
         (weights, {"hook_name": "h", "model_name": "toy"}, "missing required field 'architecture'"),
-        (weights, _cfg("batchtopk"), r"'batchtopk' is not one of \['gated', 'jumprelu', 'standard', 'topk'\]"),
+        (weights, _cfg("batchtopk"), r"'batchtopk' is not one of \['gated', 'jumprelu', 'skip_transcoder', 'standard', 'topk', 'transcoder'\]"),
         (weights, _cfg("standard", apply_b_dec_to_input=False), "'apply_b_dec_to_input' = False is not supported when"),
         (weights, _cfg("topk", rescale_acts_by_decoder_norm=True), "'rescale_acts_by_decoder_norm' = True is not supp"),
         (weights, _cfg("standard", normalize_activations="layer_norm"), "'normalize_activations' = 'layer_norm' is"),
