@@ -121,10 +121,10 @@ class Config(common.RunConfig):
 
 QUICK = {
     "truth.n_features": 64, "truth.d_in": 48, "truth.n_parents": 4, "truth.n_groups": 2,
-    "d_sae": 64, "n_seeds": 1, "n_steps": 1_500, "chunk_steps": 1_500, "dead_steps": 150, "resample_every": 300,
-    "eval_samples": 4096,
-    "relu_l1": (0.03, 0.1, 0.3, 1.0), "topk_k": (2.0, 4.0, 6.0, 8.0), "batchtopk_k": (2.0, 4.0, 6.0, 8.0),
-    "jumprelu_l1": (0.01, 0.03, 0.1, 0.3), "gated_l1": (0.03, 0.1, 0.3, 1.0), "matryoshka_k": (2.0, 4.0, 6.0, 8.0),
+    "d_sae": 64, "n_seeds": 1, "n_steps": 1_000, "chunk_steps": 1_000, "dead_steps": 100, "resample_every": 200,
+    "eval_samples": 2048,
+    "relu_l1": (0.1, 0.3, 1.0), "topk_k": (2.0, 4.0, 8.0), "batchtopk_k": (2.0, 4.0, 8.0),
+    "jumprelu_l1": (0.03, 0.1, 0.3), "gated_l1": (0.1, 0.3, 1.0), "matryoshka_k": (2.0, 4.0, 8.0),
 }
 
 
