@@ -61,8 +61,8 @@ def test_test_loss_peaks_near_the_interpolation_threshold(quick_run):
     T, test = _curve(summary, "test_loss_rel")
     _, train = _curve(summary, "train_loss_rel")
     j = int(np.argmax(test))
-    assert 1 <= j <= T.size - 2, (T[j], test.round(2))  # an interior maximum ...
-    assert test[j] > 1.5 * max(test[0], test[-1]), test.round(2)  # ... with margin
+    # an interior maximum with margin (at an end, test[j] would be compared with itself and fail)
+    assert test[j] > 1.5 * max(test[0], test[-1]), (T[j], test.round(2))
     # the first descent: small training sets are fitted (train loss ≈ 0) and the largest
     # generalises: below the zero model and below the small-T test loss
     assert train[0] < 1e-3 and train[-1] > 0.5

@@ -53,9 +53,13 @@ def test_zipf_probabilities_and_marginal_rates():
     q = root_probabilities(capped)
     np.testing.assert_allclose(q.sum(), 3.0, rtol=1e-9)
     k = int(np.sum(q >= 0.5 - 1e-12))
-    assert 1 <= k < 64
-    np.testing.assert_allclose(q[:k], 0.5, rtol=1e-12)  # the capped head is a prefix
+    # the capped head from first principles: with the first c ranks at 0.5, the rest carry
+    # 3 − c/2 = λ Σ_{r>c} r^−2; the head is the c for which λ·c^−2 ≥ 0.5 > λ·(c+1)^−2
     rank = np.arange(1, 65.0)
+    heads = [c for c in range(1, 64)
+             if (lam := (3.0 - 0.5 * c) / np.sum(rank[c:] ** -2.0)) * c**-2.0 >= 0.5 > lam * (c + 1.0) ** -2.0]
+    assert heads == [k], (heads, k)
+    np.testing.assert_allclose(q[:k], 0.5, rtol=1e-12)  # the capped head is a prefix
     np.testing.assert_allclose(q[k:] / q[k], (rank[k:] / rank[k]) ** -2.0, rtol=1e-9)
     assert q[k] * (rank[k - 1] / rank[k]) ** -2.0 >= 0.5 - 1e-9  # λ·z would exceed the cap there
 
