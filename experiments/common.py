@@ -85,6 +85,24 @@ class TrainingConfig(RunConfig):
         return make_trainer(task, self.optim(), log_every=self.log_every)
 
 
+def dictionary_sweep_mode(
+    requested: str, sizes: Any, *, backend: str | None = None, out_dir: RunDir | None = None, tag_prefix: str = ""
+) -> str:
+    """How a dictionary-size sweep is trained: `requested` ("masked", "per_size" or "auto"), with
+    "auto" resolved to "per_size" on CPU and "masked" on an accelerator (`backend`: default
+    `jax.default_backend()`), or, when `out_dir` already holds checkpoints of one mode (a resumed
+    run: tags `{tag_prefix}masked` or `{tag_prefix}N{size}`), to that mode."""
+    if requested != "auto":
+        return requested
+    if out_dir is not None:
+        tags = {p.name for p in out_dir.checkpoint_dirs()}
+        if f"{tag_prefix}masked" in tags:
+            return "masked"
+        if any(f"{tag_prefix}N{n}" in tags for n in sizes):
+            return "per_size"
+    return "per_size" if (backend or jax.default_backend()) == "cpu" else "masked"
+
+
 def seed_keys(seed: int, grid: Grid, axis: str = "seed") -> jax.Array:
     """One key per instance: `fold_in(key(seed), seed value)`, so instances that differ only in
     other axes share their initialisation and data (common random numbers)."""

@@ -164,15 +164,7 @@ def sae_training(cfg: Config, d_sae: int) -> SAETraining:
 def sweep_mode(cfg: Config, backend: str | None = None, out_dir: RunDir | None = None) -> str:
     """How the sizes are trained: `cfg.dictionary_sweep`, "auto" resolved to "per_size" on CPU and
     "masked" elsewhere, or, for a resumed run directory holding checkpoints of one mode, to that mode."""
-    if cfg.dictionary_sweep != "auto":
-        return cfg.dictionary_sweep
-    if out_dir is not None:
-        tags = {p.name for p in out_dir.checkpoint_dirs()}
-        if "sae_masked" in tags:
-            return "masked"
-        if any(f"sae_N{n}" in tags for n in cfg.dictionary_sizes):
-            return "per_size"
-    return "per_size" if (backend or jax.default_backend()) == "cpu" else "masked"
+    return common.dictionary_sweep_mode(cfg.dictionary_sweep, cfg.dictionary_sizes, backend=backend, out_dir=out_dir, tag_prefix="sae_")
 
 
 load_config_corpus = lm_common.load_config_corpus

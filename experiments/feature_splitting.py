@@ -178,15 +178,7 @@ def sweep_mode(cfg: Config, backend: str | None = None, out_dir: RunDir | None =
     """`cfg.dictionary_sweep`, "auto" resolved to "masked" on an accelerator and "per_size" on
     CPU (`backend`: default `jax.default_backend()`), or, for a run directory that already holds
     checkpoints of one mode (a resumed run), to that mode."""
-    if cfg.dictionary_sweep != "auto":
-        return cfg.dictionary_sweep
-    if out_dir is not None:
-        tags = {p.name for p in out_dir.checkpoint_dirs()}
-        if "masked" in tags:
-            return "masked"
-        if any(f"N{n}" in tags for n in cfg.dictionary_sizes):
-            return "per_size"
-    return "per_size" if (backend or jax.default_backend()) == "cpu" else "masked"
+    return common.dictionary_sweep_mode(cfg.dictionary_sweep, cfg.dictionary_sizes, backend=backend, out_dir=out_dir)
 
 
 # --------------------------------------------------------------------------- the analysis

@@ -135,15 +135,7 @@ def sweep_mode(cfg: Config, backend: str | None = None, out_dir: RunDir | None =
     """The way the sizes are trained: `cfg.dictionary_sweep`, with "auto" resolved to "masked"
     on an accelerator and "per_size" on CPU (`backend`: default `jax.default_backend()`), or,
     when `out_dir` already holds checkpoints of one mode (a resumed run), to that mode."""
-    if cfg.dictionary_sweep != "auto":
-        return cfg.dictionary_sweep
-    if out_dir is not None:
-        tags = {p.name for p in out_dir.checkpoint_dirs()}
-        if "masked" in tags:
-            return "masked"
-        if any(f"N{n}" in tags for n in cfg.dictionary_sizes):
-            return "per_size"
-    return "per_size" if (backend or jax.default_backend()) == "cpu" else "masked"
+    return common.dictionary_sweep_mode(cfg.dictionary_sweep, cfg.dictionary_sizes, backend=backend, out_dir=out_dir)
 
 
 def build(cfg: Config, d_sae: int | None = None) -> tuple[Grid, dict[str, np.ndarray], jax.Array, Trainer]:
