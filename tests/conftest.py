@@ -25,20 +25,26 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def crash_after_chunks(monkeypatch):
     """`crash_after_chunks(trainer, n)`: the next `run_sweep` with `trainer` (on the default
-    mesh, as run_sweep places it) raises KeyboardInterrupt — a simulated kill — once `n` chunks
+    mesh run_sweep places it on) raises KeyboardInterrupt — a simulated kill — once `n` chunks
     have run. Undo with `monkeypatch.undo()`."""
-    from superpos_jax.engine.distributed import sweep_mesh
-
     def install(trainer, n: int) -> None:
-        sharded = trainer.on(sweep_mesh())
-        real_run, calls = sharded.run, []
+        real_on, calls, patched = trainer.on, [], set()
 
-        def crashing_run(state, hparams, n_steps, streamed=None):
-            if len(calls) == n:
-                raise KeyboardInterrupt("simulated crash")
-            calls.append(n_steps)
-            return real_run(state, hparams, n_steps, streamed)
+        def on(mesh):
+            sharded = real_on(mesh)
+            if id(sharded) not in patched:
+                patched.add(id(sharded))
+                real_run = sharded.run
 
-        monkeypatch.setattr(sharded, "run", crashing_run)
+                def crashing_run(state, hparams, n_steps, streamed=None):
+                    if len(calls) == n:
+                        raise KeyboardInterrupt("simulated crash")
+                    calls.append(n_steps)
+                    return real_run(state, hparams, n_steps, streamed)
+
+                monkeypatch.setattr(sharded, "run", crashing_run)
+            return sharded
+
+        monkeypatch.setattr(trainer, "on", on)
 
     return install

@@ -38,7 +38,9 @@ class Execution:
     """Where and in what pieces a sweep runs; none of this changes its results.
 
     Attributes:
-        mesh: the device mesh (default: every device of every process).
+        mesh: the device mesh (default: every device of every process; in a single process,
+            a sweep of fewer instances than devices runs on the first `n_instances` devices,
+            so no device only computes padding).
         max_instances_per_call: cap on the instances per compiled call (rounded down to a
             multiple of the device count, at least one per device). Default: from the budget.
         memory_fraction: share of each device's memory (host RAM for CPU devices, split
@@ -59,8 +61,13 @@ class Execution:
         if not 0.0 < self.memory_fraction <= 1.0:
             raise ValueError(f"memory_fraction must lie in (0, 1], got {self.memory_fraction!r}")
 
-    def resolved_mesh(self) -> Mesh:
-        return self.mesh if self.mesh is not None else sweep_mesh()
+    def resolved_mesh(self, n_instances: int | None = None) -> Mesh:
+        """`mesh`, or the default mesh for a sweep of `n_instances` (see `mesh`)."""
+        if self.mesh is not None:
+            return self.mesh
+        if n_instances is not None and jax.process_count() == 1 and 0 < n_instances < jax.device_count():
+            return sweep_mesh(n_instances)
+        return sweep_mesh()
 
 
 @dataclass(frozen=True)

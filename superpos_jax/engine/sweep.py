@@ -255,7 +255,7 @@ def run_sweep(
     if stream is not None:
         fingerprint["stream"] = stream.fingerprint()
 
-    trainer = trainer.on(execution.resolved_mesh())
+    trainer = trainer.on(execution.resolved_mesh(n))
     sharding = instance_sharding(trainer.mesh)
     first_call = None if stream is not None else min(chunk_steps, n_steps)
     plan = plan_sweep(trainer, hparams, keys, execution, n_steps=first_call)

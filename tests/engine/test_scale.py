@@ -53,6 +53,21 @@ def test_sharded_equals_unsharded(trainer):
     _assert_same(one_by_two, eight)
 
 
+def test_default_mesh_uses_no_more_devices_than_instances(trainer):
+    """By default a sweep of 3 instances runs on 3 of the 8 devices (no device computes only
+    padding), 13 on all 8; the results are those of an explicit 8-device mesh."""
+    assert jax.device_count() == 8
+    assert Execution().resolved_mesh(3).devices.size == 3 and Execution().resolved_mesh(13).devices.size == 8
+    assert Execution().resolved_mesh().devices.size == 8 and Execution(sweep_mesh(8)).resolved_mesh(3).devices.size == 8
+    hp, keys = _sweep(3)
+    kw = dict(n_steps=40, chunk_steps=20, progress=False)
+    default = run_sweep(trainer, hp, keys, **kw)
+    eight = run_sweep(trainer, hp, keys, execution=Execution(sweep_mesh(8)), **kw)
+    assert (default.plan.n_devices, default.plan.padded_size) == (3, 3)
+    assert (eight.plan.n_devices, eight.plan.padded_size) == (8, 8)
+    _assert_same(default, eight)  # one instance per device either way: the same program
+
+
 def test_blocked_equals_one_block(trainer):
     hp, keys = _sweep(13)
     kw = dict(n_steps=40, chunk_steps=20, progress=False)
