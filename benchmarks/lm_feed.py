@@ -8,7 +8,8 @@ as one vmapped sweep), the same number of SAE steps of `--batch` rows per instan
 
 * **in-loop** (`lm.feed.LMActivations`): one compiled `trainer.run` of `--steps` steps; every
   step runs the LM on `n_contexts` fresh corpus windows (a pool of ≥ mix × batch rows per
-  layer, `--mix`) and each instance trains on `batch` rows of its layer's pool. Nothing
+  layer, `--mix`) and each instance trains on `batch` rows of its layer's pool. With
+  `--buffer-steps R` one pool of ≥ R × batch rows serves R steps, each row used once. Nothing
   leaves the device.
 * **harvest first**: run the LM over enough corpus windows for `steps × batch` rows per layer
   (each row used once on average, i.e. mix = 1, the minimum forward work), copy them to a host
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--mix", type=int, default=4)
-    ap.add_argument("--n-contexts", type=int, default=None, help="windows per step (default: LMActivations')")
+    ap.add_argument("--n-contexts", type=int, default=None, help="windows per pool (default: LMActivations')")
+    ap.add_argument("--buffer-steps", type=lambda v: [int(x) for x in v.split(",")], default=[1],
+                    help="comma-separated: the in-loop side once per value (steps one pool serves; default 1)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--corpus-tokens", type=int, default=2_000_000)
     args = ap.parse_args(argv)
@@ -93,23 +96,26 @@ def main(argv: list[str] | None = None) -> None:
           f"SAE d_sae={training.d_sae} k={args.k:g} batch={args.batch}  instances={n_inst} "
           f"(layers x seeds)  steps={args.steps}  mix={args.mix}", flush=True)
 
-    # in-loop: one program for every layer and seed
-    src = LMActivations(model, tokens, hooks, batch_size=args.batch, skip=1, mix=args.mix, n_contexts=args.n_contexts)
-    hp = sae_hparams(training, k=np.full(n_inst, args.k), hook=src.hook_hparam(layers.tolist()))
-    trainer = make_trainer(sae_task(training, src), optim, log_every=args.steps)
-    keys = instance_keys(np.arange(n_inst))
-    state = trainer.init(hp, keys)
-    state, _ = trainer.run(state, hp, args.steps)  # compile + warm-up
-    holder = {"s": state}
+    # in-loop: one program for every layer and seed, once per buffer_steps value
+    t_loops = {}
+    for r in args.buffer_steps:
+        src = LMActivations(model, tokens, hooks, batch_size=args.batch, skip=1, mix=args.mix,
+                            n_contexts=args.n_contexts, buffer_steps=r)
+        hp = sae_hparams(training, k=np.full(n_inst, args.k), hook=src.hook_hparam(layers.tolist()))
+        trainer = make_trainer(sae_task(training, src), optim, log_every=args.steps)
+        keys = instance_keys(np.arange(n_inst))
+        state = trainer.init(hp, keys)
+        state, _ = trainer.run(state, hp, args.steps)  # compile + warm-up
+        holder = {"s": state}
 
-    def in_loop():
-        holder["s"], trace = trainer.run(holder["s"], hp, args.steps)
-        return trace
+        def in_loop(trainer=trainer, hp=hp, holder=holder):
+            holder["s"], trace = trainer.run(holder["s"], hp, args.steps)
+            return trace
 
-    t_loop, loads_loop = _timed(in_loop, args.repeats)
-    print(f"in-loop      {acts_total / t_loop:12,.0f} activations/s  ({t_loop:.3f} s per {args.steps} steps; "
-          f"forward on {src.n_contexts} x {args.n_ctx} tokens per step, pool {src.pool})  "
-          f"load {', '.join(f'{x:.2f}' for x in loads_loop)}", flush=True)
+        t_loops[r], loads_loop = _timed(in_loop, args.repeats)
+        print(f"in-loop R={r:<3d} {acts_total / t_loops[r]:12,.0f} activations/s  ({t_loops[r]:.3f} s per {args.steps} "
+              f"steps; forward on {src.n_contexts} x {args.n_ctx} tokens per {r} step(s), pool {src.pool})  "
+              f"load {', '.join(f'{x:.2f}' for x in loads_loop)}", flush=True)
 
     # harvest first: the minimum forward work (each row once), to the host, then ArrayRows
     rows_needed = args.steps * args.batch
@@ -148,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ArrayRows    {acts_total / t_train:12,.0f} activations/s training only ({t_train:.3f} s)  "
           f"load {', '.join(f'{x:.2f}' for x in loads_t)}", flush=True)
     print(f"harvest+train{acts_total / t_both:12,.0f} activations/s ({t_both:.3f} s)", flush=True)
-    print(f"ratio in-loop / (harvest + train) = {t_both / t_loop:.2f}x   "
-          f"in-loop / train-only = {t_train / t_loop:.2f}x   load {_load():.2f}", flush=True)
+    for r, t_loop in t_loops.items():
+        print(f"ratio in-loop R={r} / (harvest + train) = {t_both / t_loop:.2f}x   "
+              f"in-loop / train-only = {t_train / t_loop:.2f}x   load {_load():.2f}", flush=True)
 
 
 if __name__ == "__main__":

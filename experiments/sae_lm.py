@@ -100,7 +100,10 @@ class Config(common.RunConfig):
     sae_batch: PositiveInt = 512
     sae_learning_rate: PositiveFloat = 1e-3
     mix: PositiveInt = 4
-    """The per-step pool of activations holds at least mix × sae_batch rows (lm.feed)."""
+    """The pool of activations holds at least mix × sae_batch rows (lm.feed)."""
+    buffer_steps: PositiveInt = 16
+    """Steps one pool serves (lm.feed): 1 = a fresh pool every step; R > 1 = one pool of at
+    least R × sae_batch rows per R steps, each row trained on once (R× less forward work)."""
     stats_samples: PositiveInt = 4096
     """Activations for the geometric median / input scale at SAE init."""
     eval_windows: PositiveInt = 256
@@ -215,7 +218,7 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
         coef = training.arch.swept
         grid = Grid({"layer": range(len(hooks)), coef: cfg.sae_coefficients, "seed": range(cfg.sae_seeds)})
         source = LMActivations(model, lm.train_tokens, hooks, batch_size=cfg.sae_batch, skip=skip, mix=cfg.mix,
-                               seed=cfg.seed + 3)
+                               buffer_steps=cfg.buffer_steps, seed=cfg.seed + 3)
         hp = sae_hparams(training, **{coef: grid.column(coef).astype(np.float32)},
                          hook=source.hook_hparam(grid.column("layer").tolist()))
         observe = None if training.april_2024 else firing_observer(training, source, firing_x, dense_above=cfg.dense_above,
@@ -271,7 +274,8 @@ def run(cfg: Config, out_dir: RunDir, *, progress: bool = True, execution: Execu
         "layers": layer_records,
         "sae": {
             "kind": cfg.sae_kind, "hook": cfg.hook, "skip_positions": skip, "instances": records,
-            "feed": {"n_contexts": val_source.n_contexts, "positions": val_source.positions, "pool": val_source.pool},
+            "feed": {"n_contexts": source.n_contexts, "positions": source.positions, "pool": source.pool,
+                     "buffer_steps": source.feed_every, "rows_per_step": source.rows_per_step},
             "sweeps": [{"expansion": e, "d_sae": e * width(cfg), "n_instances": g.size, "train_seconds": s.seconds,
                         "activations_per_second": g.size * cfg.sae_batch * s.steps_per_second,
                         "firing_over_training": lm_common.firing_trace(s, cfg.log_every)}

@@ -21,6 +21,10 @@ the global step and `shared`, e.g. a frozen language model run on corpus windows
 `stream` (host data read per call, `superpos_jax.engine.stream`) has its `feed(step, streamed)`
 evaluated once per step, outside the instance vmap, and its `sample` called with the extra
 keyword `data=` (that step's feed, or the step's streamed rows when there is no `feed`).
+With `feed_every = R > 1` the feed is evaluated once per R steps (at the steps that are
+multiples of R, and at a call's first step for the group it falls in, so a resumed run
+recomputes it bit for bit) and returns the data of R steps, each leaf with a leading axis of
+length R; step t receives row t % R.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class Task:
             result reaches `sample` as `data=`. Must read its arrays through `shared`.
         stream: a host `engine.stream.Stream` read per compiled call (disk data); without a
             `feed`, `sample` gets each step's streamed rows as `data=`.
+        feed_every: the feed's period R in steps (see the module docstring; R > 1 needs a
+            `feed` and no `stream`).
     """
 
     init: Callable[..., Params]
@@ -75,6 +81,14 @@ class Task:
     after_update: Callable[..., Any] | None = None
     feed: Callable[..., Any] | None = None
     stream: Any = None
+    feed_every: int = 1
+
+    def __post_init__(self) -> None:
+        r = self.feed_every
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"feed_every must be a positive integer, got {r!r}")
+        if r > 1 and (self.feed is None or self.stream is not None):
+            raise ValueError(f"feed_every={r} needs a task with a feed and no stream")
 
     @property
     def fed(self) -> bool:

@@ -215,7 +215,11 @@ class Trainer:
         streamed rows or None; un-jitted)."""
         if self.task.feed is None:
             return streamed
-        return self.task.feed(step, streamed, **self._shared(shared))
+        r = self.task.feed_every
+        if r == 1:
+            return self.task.feed(step, streamed, **self._shared(shared))
+        group = self.task.feed(step - step % r, streamed, **self._shared(shared))
+        return jax.tree.map(lambda a: a[step % r], group)
 
     def step_one(
         self, state: TrainState, hparams: Hparams, shared: PyTree | None = None, data: Any = None
@@ -257,18 +261,34 @@ class Trainer:
         xs = None if streamed is None else jax.tree.map(
             lambda a: a.reshape(n_windows, self.log_every, *a.shape[1:]), streamed)
         each = jax.vmap(lambda s, h, d: self.step_one(s, h, shared, d), in_axes=(0, 0, None))
+        r = self.task.feed_every
+        kw = self._shared(shared)
 
-        def step(s: TrainState, x: Any):
-            return each(s, hparams, self.feed(s.step[0], x, shared))
+        t0 = state.step[0]
 
-        def window(s: TrainState, xw: Any):
-            s, losses = jax.lax.scan(step, s, xw, length=self.log_every)
+        def step(c: Any, x: Any):
+            if r == 1:
+                s, losses = each(c, hparams, self.feed(c.step[0], x, shared))
+                return s, losses
+            s, group = c
+            t = s.step[0]
+            # a group starts here (the call's first group is computed before the scan)
+            group = jax.lax.cond((t % r == 0) & (t != t0), lambda g: self.task.feed(t, None, **kw), lambda g: g, group)
+            s, losses = each(s, hparams, jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, t % r, keepdims=False), group))
+            return (s, group), losses
+
+        def window(c: Any, xw: Any):
+            c, losses = jax.lax.scan(step, c, xw, length=self.log_every)
             mean = jnp.mean(losses, axis=0)
             if self.observe is None:
-                return s, mean
-            return s, (mean, jax.vmap(self.observe)(s.params, hparams))
+                return c, mean
+            s = c if r == 1 else c[0]
+            return c, (mean, jax.vmap(self.observe)(s.params, hparams))
 
-        state, out = jax.lax.scan(window, state, xs, length=n_windows)
+        if r == 1:
+            state, out = jax.lax.scan(window, state, xs, length=n_windows)
+        else:
+            (state, _), out = jax.lax.scan(window, (state, self.task.feed(t0 - t0 % r, None, **kw)), xs, length=n_windows)
         return state, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), out)  # (instance, window, ...)
 
     def _run(self, state: TrainState, hparams: Hparams, shared: PyTree | None, streamed: PyTree, n_steps: int):

@@ -9,18 +9,28 @@ requested hook point, positions `skip` onwards, stacked as
 
     data: (n_hooks, pool, d)        pool = n_contexts · (seq_len − skip)
 
-(row r of a hook's pool is window r // (seq_len − skip), position skip + r % (seq_len − skip)).
+(row r of a hook's pool is window r // (seq_len − skip), position skip + r % (seq_len − skip);
+with `buffer_steps` R > 1, once per R steps, (R, n_hooks, pool // R, d): see Mixing).
 Each instance then `take`s `batch_size` rows of hook `hparams["hook"]` (an index into `hooks`)
 without replacement with its own key. Several hook points of one model — e.g. every layer's
 `resid_post` — therefore train as instances of one program, sharing one forward pass per step;
 their widths must match (checked at construction).
 
-Mixing. The pool plays the role of SAELens's shuffling buffer, refreshed every step: it holds
-about `mix` × batch_size rows (by default at least 64 contexts), so a batch of B rows drawn
-from it comes from about min(B, n_contexts) different contexts and neighbouring positions of
-one context rarely share a batch. The price is honest and simple: every step runs the model on
-`mix` times as many tokens as the SAE trains on (SAELens amortises one forward pass over many
-steps by carrying the buffer across them; a carried buffer is future work).
+Mixing. The pool plays the role of SAELens's shuffling buffer. By default (`buffer_steps=1`)
+it is refreshed every step and holds about `mix` × batch_size rows (at least 64 contexts), so a
+batch of B rows drawn from it comes from about min(B, n_contexts) different contexts and
+neighbouring positions of one context rarely share a batch; the price is that every step runs
+the model on `mix` times as many tokens as the SAE trains on. With `buffer_steps=R` one pool
+serves R steps (`Task.feed_every`): it holds at least R × batch_size rows from
+⌈R · batch_size / positions⌉ (≥ 64) contexts, is shuffled once and cut into R disjoint slices,
+one per step, so every row is trained on once (forward work ≈ 1× the SAE's rows) and a
+batch is a uniform sample of R · batch_size rows, i.e. of about min(B, n_contexts) contexts
+again. Memory: n_hooks × pool × d float32 on the device (e.g. 2 hooks × 32,768 rows × 64 =
+16 MiB for R = 64, B = 512). Unlike SAELens's buffer, which refills half of itself and keeps
+the rest, the pool is replaced whole every R steps, and it is a function of the step alone
+(recomputed at a call's start), so no activation enters the checkpoint and resume stays exact.
+The forward runs only up to the deepest requested hook: the later blocks and the unembedding
+are dead code in the compiled step (`tests/lm/test_feed.py` checks the compiled program).
 
 `skip` drops the first positions of every window (position 0 attends only to itself, like a
 BOS-like context start, and its activations are distributed unlike the rest); it applies to
@@ -57,6 +67,7 @@ CacheForward = Callable[[Any, Array], Mapping[str, Array]]
 """`(params, tokens (n, seq_len) int32) -> {hook name: (n, seq_len, d)}`."""
 
 DEFAULT_MIN_CONTEXTS = 64
+_SHUFFLE_SALT = 0x5B0F
 
 
 def transformer_cache(hooks: Sequence[str]) -> CacheForward:
@@ -90,12 +101,19 @@ class LMActivations(FedSource):
         seq_len: window length (default: the model's n_ctx when it has one).
         skip: leading positions of every window left out (default 0).
         mix: the pool holds at least `mix` × batch_size rows (default 4).
-        n_contexts: windows per step (default: enough for the pool, and at least 64).
+        buffer_steps: the steps one pool serves (default 1: a fresh pool every step). With
+            R > 1 the pool holds at least R × batch_size rows (and `mix` × batch_size), is
+            computed once per R steps, shuffled once, and step t of the group reads its own
+            slice t % R of `rows_per_step` rows: each row is used once, so the forward pass
+            costs about one row per row trained on instead of `mix`.
+        n_contexts: windows per pool (default: enough for the pool, and at least 64).
         seed: the windows of step t come from `fold_in(key(seed), t)`.
         forward: `(params, tokens) -> cache` (default: `transformer_cache(hooks)`).
 
     Attributes:
-        d_in: the hooks' width. pool: rows per hook per step. positions: seq_len − skip.
+        d_in: the hooks' width. pool: rows per hook per pool (per `buffer_steps` steps).
+        rows_per_step: the rows of one step's draw (pool // buffer_steps). positions: seq_len − skip.
+        feed_every: `buffer_steps`.
         shared: {"params", "tokens"}, the arrays every compiled call receives.
 
     Raises:
@@ -114,6 +132,7 @@ class LMActivations(FedSource):
         seq_len: int | None = None,
         skip: int = 0,
         mix: int = 4,
+        buffer_steps: int = 1,
         n_contexts: int | None = None,
         seed: int = 0,
         forward: CacheForward | None = None,
@@ -136,14 +155,18 @@ class LMActivations(FedSource):
         self.skip = int(skip)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.mix = _positive_int("mix", mix)
+        self.feed_every = _positive_int("buffer_steps", buffer_steps)
         self.positions = self.seq_len - self.skip
-        needed = max(DEFAULT_MIN_CONTEXTS, math.ceil(self.mix * self.batch_size / self.positions))
+        rows = max(self.mix, self.feed_every) * self.batch_size
+        needed = max(DEFAULT_MIN_CONTEXTS, math.ceil(rows / self.positions))
         self.n_contexts = needed if n_contexts is None else _positive_int("n_contexts", n_contexts)
         self.pool = self.n_contexts * self.positions
-        if self.pool < self.batch_size:
+        self.rows_per_step = self.pool // self.feed_every
+        if self.rows_per_step < self.batch_size:
             raise ValueError(
                 f"the pool of {self.n_contexts} contexts x {self.positions} positions = {self.pool} rows is smaller "
-                f"than batch_size={self.batch_size}; raise n_contexts"
+                f"than batch_size={self.batch_size}" + (f" x buffer_steps={self.feed_every}" if self.feed_every > 1 else "")
+                + "; raise n_contexts"
             )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -207,9 +230,19 @@ class LMActivations(FedSource):
         key = jax.random.fold_in(jax.random.key(self.seed), step)
         return sample_windows(shared["tokens"], key=key, batch_size=self.n_contexts, seq_len=self.seq_len)
 
-    def feed(self, step: Array, streamed: Any, shared: Any) -> Float[Array, "hook pool d"]:
-        """This step's pool of every hook: one forward pass on `n_contexts` windows."""
-        return self.activations(shared, self.windows(step, shared))
+    def feed(self, step: Array, streamed: Any, shared: Any) -> Float[Array, "..."]:
+        """The pool of every hook from one forward pass on `n_contexts` windows: (n_hooks, pool,
+        d) for this step; with `buffer_steps` R > 1, the pool of the R steps from `step` on,
+        shuffled (its own key, folded from the windows') and cut into their slices: (R,
+        n_hooks, rows_per_step, d)."""
+        acts = self.activations(shared, self.windows(step, shared))
+        r = self.feed_every
+        if r == 1:
+            return acts
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), step), _SHUFFLE_SALT)
+        order = jax.random.permutation(key, self.pool)[: r * self.rows_per_step]
+        sliced = acts[:, order].reshape(len(self.hooks), r, self.rows_per_step, self.d_in)
+        return jnp.moveaxis(sliced, 1, 0)
 
     def take(
         self, data: Float[Array, "hook pool d"], key: PRNGKeyArray, batch_size: int, hparams: Any, shared: Any

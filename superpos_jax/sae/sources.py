@@ -252,11 +252,16 @@ class FedSource:
       the step's data (default: `data` itself, every instance the same rows).
     * `stats(key, n, hparams, shared) -> (n, d_in)`: rows for data statistics at init (input
       scale, geometric median); the same for every instance that shares the hparams.
+
+    `feed_every` R > 1: `feed` is called once per R steps (at multiples of R) and returns the
+    data of R steps, each leaf with a leading axis R; `take` gets one step's row
+    (`engine.task.Task.feed_every`).
     """
 
     d_in: int
     shared: Any = None
     stream: Any = None
+    feed_every: int = 1
 
     def feed(self, step: Array, streamed: Any, shared: Any) -> Any:
         return streamed

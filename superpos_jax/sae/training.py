@@ -331,6 +331,7 @@ def sae_task(training: SAETraining, source: Any) -> Task:
         transform=transform if training.unit_norm else None,
         init_extra=init_extra, prepare=prepare, after_update=after_update,
         feed=feed if fed else None, stream=source.stream if fed else None,
+        feed_every=source.feed_every if fed else 1,
     )
 
 

@@ -163,3 +163,101 @@ def test_lm_fed_run_resumes_bit_identically(model, tokens, tmp_path, crash_after
     np.testing.assert_array_equal(whole.losses, resumed.losses)
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_feed_runs_the_model_only_up_to_its_deepest_hook():
+    """The cache forward's unused outputs are dead code, so the compiled feed of block 0's hook
+    holds block 0 only and no unembedding (no d_vocab-wide array); asking for block 1's hook
+    adds that block's matmuls. This breaks if the blocks become a scan or the logits are kept."""
+    import re
+
+    from superpos_jax.lm.feed import transformer_cache
+
+    cfg = TransformerConfig(n_layers=3, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=12, d_vocab=509)
+    params, tok = init_transformer(cfg, key=jax.random.key(0)), jnp.zeros((4, 12), jnp.int32)
+
+    def compiled(fn):
+        hlo = jax.jit(fn).lower(params, tok).compile().as_text()
+        return len(re.findall(r" dot\(", hlo)), len(re.findall(r"\[[0-9,]*509\]", hlo))
+
+    first = compiled(transformer_cache(["blocks.0.hook_resid_post"]))
+    last = compiled(transformer_cache(["blocks.2.hook_resid_post"]))
+    logits = compiled(lambda p, t: forward(p, t)[0])
+    assert first[1] == last[1] == 0 and logits[1] > 0
+    assert 0 < first[0] < last[0] < logits[0]
+    assert last[0] == 3 * first[0]  # three blocks' matmuls, the same per block
+
+
+def test_a_buffered_pool_serves_each_row_once_over_its_steps(model, tokens):
+    """buffer_steps=3: the feed of step 6 is one forward pass on step 6's windows, shuffled
+    and cut into 3 disjoint slices (every pool row in at most one), and steps 7 and 8 read
+    slices 1 and 2 of that same pool."""
+    src = _source(model, tokens, buffer_steps=3, n_contexts=9)
+    assert (src.pool, src.rows_per_step, src.feed_every) == (99, 33, 3)
+    group = np.asarray(jax.jit(src.feed)(jnp.int32(6), None, src.shared))
+    assert group.shape == (3, 2, 33, CFG.d_model)
+    windows = sample_windows(tokens, key=jax.random.fold_in(jax.random.key(5), 6), batch_size=9, seq_len=CFG.n_ctx)
+    cache = _cache(model, windows)
+    for h, name in enumerate(("blocks.0.resid_post", "blocks.1.resid_post")):
+        pool = np.asarray(cache[name])[:, 1:, :].reshape(-1, CFG.d_model)
+        rows = group[:, h].reshape(-1, CFG.d_model)
+        match = np.all(np.isclose(rows[:, None, :], pool[None, :, :], rtol=1e-5, atol=1e-6), axis=-1)
+        assert np.all(match.sum(axis=1) >= 1)  # every row is a row of this hook's forward pass...
+        assert len(set(np.argmax(match, axis=1).tolist())) == 99  # ...and each pool row is used once
+        first = np.argmax(match[:33], axis=1)
+        assert np.any(np.diff(first) != 1)  # shuffled, not the window-major order
+    trainer = make_trainer(sae_task(_training(), src), OptimConfig(name="adam", learning_rate=3e-3))
+    for t in (6, 7, 8):
+        np.testing.assert_allclose(np.asarray(trainer.feed(jnp.int32(t), None)), group[t - 6], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="smaller than batch_size=32 x buffer_steps=4"):
+        _source(model, tokens, buffer_steps=4, n_contexts=9)
+    with pytest.raises(ValueError, match="buffer_steps"):
+        _source(model, tokens, buffer_steps=0)
+
+
+def test_buffered_run_equals_a_step_loop_and_resumes_bit_identically(model, tokens, tmp_path, crash_after_chunks,
+                                                                     monkeypatch):
+    """buffer_steps=3 with calls of 10 steps (calls start inside a group, at steps 10 and 20):
+    the compiled run equals stepping one step at a time on `Trainer.feed(step)`, and a run
+    killed after two chunks resumes to the same bits."""
+    src = _source(model, tokens, buffer_steps=3, n_contexts=9)
+    trainer, hp, keys, whole = _sweep(src, [0, 1], n_steps=30, chunk_steps=10)
+    assert np.isfinite(whole.losses).all()
+
+    @jax.jit
+    def one(state, t):
+        data = trainer.feed(t, None)
+        return jax.vmap(lambda s, h: trainer.step_one(s, h, None, data))(state, hp)
+
+    state = trainer.init(hp, keys)
+    losses = []
+    for t in range(30):
+        state, loss = one(state, jnp.int32(t))
+        losses.append(np.asarray(loss))
+    loop = np.stack(losses, axis=1).reshape(2, 6, 5).mean(axis=-1)  # windows of log_every = 5
+    np.testing.assert_allclose(whole.losses, loop, rtol=1e-5)
+    np.testing.assert_allclose(whole.state.params.W_dec, np.asarray(state.params.W_dec), rtol=1e-4, atol=1e-6)
+    crash_after_chunks(trainer, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(trainer, hp, keys, n_steps=30, chunk_steps=10, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.undo()
+    resumed = run_sweep(trainer, hp, keys, n_steps=30, chunk_steps=10, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.start_step == 20
+    np.testing.assert_array_equal(whole.losses, resumed.losses)
+    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_feed_every_needs_a_feed_and_no_stream():
+    from superpos_jax.engine.task import Task
+
+    def f(*a, **k):
+        return None
+
+    assert Task(init=f, sample=f, loss=f, feed=f, feed_every=4).feed_every == 4
+    with pytest.raises(ValueError, match="feed_every=2 needs a task with a feed"):
+        Task(init=f, sample=f, loss=f, feed_every=2)
+    with pytest.raises(ValueError, match="feed_every=2 needs a task with a feed and no stream"):
+        Task(init=f, sample=f, loss=f, feed=f, stream=object(), feed_every=2)
+    with pytest.raises(ValueError, match="feed_every must be a positive integer"):
+        Task(init=f, sample=f, loss=f, feed=f, feed_every=0)
