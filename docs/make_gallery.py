@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
@@ -49,13 +50,24 @@ def machine() -> str:
     return f"{cpu}, {cores} cores"
 
 
+def training_line(summary: dict) -> str | None:
+    """"N models × S steps, trained in T s." for a run of one kind of sweep; for runs of several
+    (a language model and its SAEs, one sweep per architecture) only the total training time,
+    since no single N × S describes them; nothing when the summary has no finite time."""
+    cfg, n, seconds = summary.get("config", {}), summary.get("n_instances"), summary.get("train_seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return None
+    if n is None or cfg.get("n_steps") is None or "sae_steps" in cfg:
+        return f"Training (every sweep of the run) took {seconds:,.1f} s."
+    return f"{n} models × {cfg['n_steps']:,} steps, trained in {seconds:,.1f} s."
+
+
 def section(name: str, description: str, command: str, seconds: float, figures: list[Path], summary: dict) -> str:
     lines = [f"## {name}", "", description, "", f"`{command}` — {seconds:,.0f} s wall time on {machine()}, "
              f"{_dt.date.today().isoformat()}", ""]
-    steps = summary.get("config", {}).get("n_steps")
-    if steps is not None:
-        lines += [f"{summary.get('n_instances', '?')} models × {steps:,} steps, trained in "
-                  f"{summary.get('train_seconds', float('nan')):,.1f} s.", ""]
+    line = training_line(summary)
+    if line is not None:
+        lines += [line, ""]
     for fig in figures:
         lines += [f"![{name}: {fig.stem}](gallery/{fig.name})", ""]
     return "\n".join(lines)
