@@ -213,6 +213,43 @@ def test_auxk_gradient_matches_finite_differences_at_fixed_residual(rng: np.rand
         assert not np.asarray(g_res).any()
 
 
+def test_dense_auxk_runs_only_when_some_instance_has_a_dead_latent(rng, monkeypatch):
+    """Two instances vmapped: AuxK's value and gradient are those of the plain expression
+    (float64), exactly zero for the instance without dead latents, and the AuxK computation
+    does not run at all when no instance has one."""
+    from superpos_jax.sae.architectures import ksparse
+
+    calls = []
+    plain = ksparse._dense_auxk
+
+    def counted(*args):
+        jax.debug.callback(lambda: calls.append(1))
+        return plain(*args)
+
+    monkeypatch.setattr(ksparse, "_dense_auxk", counted)
+    with jax.enable_x64(True):
+        params = _to_jax("topk", _random_params(rng))
+        x, residual = jnp.asarray(rng.normal(size=(BATCH, D_IN))), jnp.asarray(rng.normal(size=(BATCH, D_IN)))
+        dead = jnp.asarray(np.stack([np.arange(D_SAE) % 3 == 0, np.zeros(D_SAE, bool)]))
+
+        def loss(q, dead):
+            return sae.auxk_loss(q, sae.pre_activations(q, x), residual, {"dead": dead, "k_aux": 2})
+
+        value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0)))
+        values, grads = value_and_grad(params, dead)
+        assert len(calls) == 1  # value and gradient computed together, once
+        want_v, want_g = jax.value_and_grad(lambda q: plain(q.W_dec, sae.pre_activations(q, x), residual, dead[0], 2))(params)
+        np.testing.assert_allclose(values, [float(want_v), 0.0], rtol=1e-12)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_g), strict=True):
+            np.testing.assert_allclose(got[0], want, rtol=1e-10, atol=1e-12)
+            assert not np.asarray(got[1]).any()
+        assert float(want_v) > 0 and any(np.asarray(g).any() for g in jax.tree.leaves(want_g))
+        calls.clear()
+        values, grads = value_and_grad(params, jnp.zeros_like(dead))
+        assert calls == [] and not np.asarray(values).any()
+        assert not any(np.asarray(g).any() for g in jax.tree.leaves(grads))
+
+
 def test_relu_gradient_matches_hand_derivation(rng: np.random.Generator) -> None:
     p = _random_params(rng)
     x = rng.normal(size=(BATCH, D_IN))

@@ -4,7 +4,8 @@
 Two paths compute the same loss:
 
 * the dense reference (`k_max=None`, the registered default): `rank_mask` selects among all
-  d_sae pre-activations for any traced k, and decoding is the dense f W_decᵀ;
+  d_sae pre-activations for any traced k, and decoding is the dense f W_decᵀ; its dense AuxK
+  (value and gradient together) runs only when some instance has a dead latent;
 * the sparse kernels (`k_max` an int, a static upper bound on every instance's k): each row's
   candidates come from `lax.top_k(z, K)` with K = k_max (BatchTopK: a per-row cap), entries
   j ≥ k are masked, and the active latents are decoded by gathering their W_dec columns
@@ -99,17 +100,50 @@ def auxk_loss(
     with e the (gradient-stopped) residual x − x̂. Only dead latents' encoder rows, b_enc entries
     and decoder columns (and b_dec through z) receive gradient; zero when no latent is dead
     (`hp["dead"]`, a (d_sae,) bool mask; without it the term is zero; latents ≥ `hp["n_latents"]`
-    are never dead). `hp["k_aux"]` defaults to d_in // 2. The dense reference."""
+    are never dead). `hp["k_aux"]` defaults to d_in // 2. The dense reference: its value and
+    gradient are computed together, and not at all when no latent is dead (under `vmap`: in no
+    instance), so a step with every latent alive pays nothing for AuxK."""
     dead_1d = dead_latents(hp, z.shape[-1])
     if dead_1d is None:
         return jnp.zeros((), z.dtype)
-    dead = jnp.broadcast_to(dead_1d[None, :], z.shape)
-    k_aux = hp.get("k_aux", residual.shape[-1] // 2)
-    masked = jnp.where(dead, z, -jnp.inf)
-    f_aux = jnp.where(rank_mask(masked, k_aux) & dead, jax.nn.relu(z), 0.0)
-    e = jax.lax.stop_gradient(residual)
-    aux = jnp.mean(jnp.sum(jnp.square(e - f_aux @ params.W_dec.T), axis=-1))
-    return jnp.where(jnp.any(dead_1d), aux, 0.0)
+    k_aux = jnp.asarray(hp.get("k_aux", residual.shape[-1] // 2))
+    return _auxk_if_dead(params.W_dec, z, jax.lax.stop_gradient(residual), dead_1d, k_aux)
+
+
+def _dense_auxk(W_dec: Array, z: Array, e: Array, dead: Array, k_aux: ArrayLike) -> Array:
+    mask = jnp.broadcast_to(dead[None, :], z.shape)
+    f_aux = jnp.where(rank_mask(jnp.where(mask, z, -jnp.inf), k_aux) & mask, jax.nn.relu(z), 0.0)
+    return jnp.mean(jnp.sum(jnp.square(e - f_aux @ W_dec.T), axis=-1))
+
+
+def _no_cotangent(a: ArrayLike) -> Any:
+    a = jnp.asarray(a)
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+        return jnp.zeros_like(a)
+    return np.zeros(a.shape, jax.dtypes.float0)
+
+
+@jax.custom_vjp
+def _auxk_if_dead(W_dec: Array, z: Array, e: Array, dead: Array, k_aux: ArrayLike) -> Array:
+    return run_if(jnp.any(dead), _dense_auxk, jnp.zeros((), z.dtype), W_dec, z, e, dead, k_aux)
+
+
+def _auxk_if_dead_fwd(W_dec: Array, z: Array, e: Array, dead: Array, k_aux: ArrayLike) -> tuple[Array, tuple[Any, ...]]:
+    def value_and_grads(*args: Any) -> tuple[Array, Array, Array]:
+        value, (g_W, g_z) = jax.value_and_grad(_dense_auxk, argnums=(0, 1))(*args)
+        return value, g_W, g_z
+
+    default = (jnp.zeros((), z.dtype), jnp.zeros_like(W_dec), jnp.zeros_like(z))
+    value, g_W, g_z = run_if(jnp.any(dead), value_and_grads, default, W_dec, z, e, dead, k_aux)
+    return value, (g_W, g_z, e, dead, k_aux)
+
+
+def _auxk_if_dead_bwd(res: tuple[Any, ...], g: Array) -> tuple[Any, ...]:
+    g_W, g_z, e, dead, k_aux = res
+    return g * g_W, g * g_z, jnp.zeros_like(e), _no_cotangent(dead), _no_cotangent(k_aux)
+
+
+_auxk_if_dead.defvjp(_auxk_if_dead_fwd, _auxk_if_dead_bwd)
 
 
 class Selection(NamedTuple):
