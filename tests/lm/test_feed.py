@@ -151,9 +151,8 @@ def test_corpus_and_weights_are_arguments_not_constants(model):
     assert len(_hlo(model, rng.integers(0, 64, 1_000_000).astype(np.uint8), closed_over=True)[1]) > 1_000_000
 
 
-def test_lm_fed_run_resumes_bit_identically(model, tokens, tmp_path, crash_after_chunks, monkeypatch):
-    src = _source(model, tokens)
-    trainer, hp, keys, whole = _sweep(src, [0, 1], n_steps=30, chunk_steps=10)
+def _assert_killed_run_resumes_to(whole, trainer, hp, keys, tmp_path, crash_after_chunks, monkeypatch):
+    """30 steps in chunks of 10, killed after two: the resumed run's losses and state are `whole`'s bits."""
     crash_after_chunks(trainer, 2)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(trainer, hp, keys, n_steps=30, chunk_steps=10, checkpoint_dir=tmp_path, progress=False)
@@ -163,6 +162,12 @@ def test_lm_fed_run_resumes_bit_identically(model, tokens, tmp_path, crash_after
     np.testing.assert_array_equal(whole.losses, resumed.losses)
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_lm_fed_run_resumes_bit_identically(model, tokens, tmp_path, crash_after_chunks, monkeypatch):
+    src = _source(model, tokens)
+    trainer, hp, keys, whole = _sweep(src, [0, 1], n_steps=30, chunk_steps=10)
+    _assert_killed_run_resumes_to(whole, trainer, hp, keys, tmp_path, crash_after_chunks, monkeypatch)
 
 
 def test_the_feed_runs_the_model_only_up_to_its_deepest_hook():
@@ -237,15 +242,7 @@ def test_buffered_run_equals_a_step_loop_and_resumes_bit_identically(model, toke
     loop = np.stack(losses, axis=1).reshape(2, 6, 5).mean(axis=-1)  # windows of log_every = 5
     np.testing.assert_allclose(whole.losses, loop, rtol=1e-5)
     np.testing.assert_allclose(whole.state.params.W_dec, np.asarray(state.params.W_dec), rtol=1e-4, atol=1e-6)
-    crash_after_chunks(trainer, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(trainer, hp, keys, n_steps=30, chunk_steps=10, checkpoint_dir=tmp_path, progress=False)
-    monkeypatch.undo()
-    resumed = run_sweep(trainer, hp, keys, n_steps=30, chunk_steps=10, checkpoint_dir=tmp_path, progress=False)
-    assert resumed.start_step == 20
-    np.testing.assert_array_equal(whole.losses, resumed.losses)
-    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_killed_run_resumes_to(whole, trainer, hp, keys, tmp_path, crash_after_chunks, monkeypatch)
 
 
 def test_feed_every_needs_a_feed_and_no_stream():
