@@ -29,6 +29,7 @@ against L0, and per layer the probing accuracy of the best SAE's features vs neu
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -132,6 +133,12 @@ class Config(common.RunConfig):
             fail("sae_coefficients", self.sae_coefficients, f"integers k <= the smallest dictionary ({smallest})")
         if self.skip_positions >= model.n_ctx - 1:
             fail("skip_positions", self.skip_positions, f"less than model.n_ctx - 1 = {model.n_ctx - 1}")
+        row_bytes = 4 * self.sae_batch * width(self) * model.n_layers  # one step's rows of every layer
+        limit = device_memory_bytes() // 4
+        if self.buffer_steps * row_bytes > limit:
+            fail("buffer_steps", self.buffer_steps,
+                 f"at most {max(limit // row_bytes, 1)}: the pool of buffer_steps x sae_batch rows of {model.n_layers} "
+                 f"layers x {width(self)} floats must fit in a quarter of the device's memory ({limit / 2**30:.2f} GiB)")
         if self.corpus_dir is not None and not Path(self.corpus_dir).is_dir():
             fail("corpus_dir", self.corpus_dir, "an existing directory of text files")
         with library_errors("corpus_dir" if self.corpus_dir is not None else "corpus_glob"):
@@ -160,6 +167,17 @@ def sae_training(cfg: Config, expansion: int) -> SAETraining:
     return SAETraining(cfg.sae_kind, d, d * expansion, batch_size=cfg.sae_batch, dead_steps=max(cfg.sae_steps // 4, 1),
                        recipe="2024" if "2024" in sae_lib.get(cfg.sae_kind).recipes else "2023",
                        l1_warmup_steps=cfg.sae_steps // 20, stats_samples=cfg.stats_samples)
+
+
+def device_memory_bytes() -> int:
+    """The first local device's memory limit (host RAM for CPU devices)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except (AttributeError, RuntimeError, NotImplementedError):
+        stats = {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def hook_names(cfg: Config) -> tuple[str, ...]:

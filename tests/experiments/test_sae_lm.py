@@ -85,6 +85,9 @@ def test_bad_config_is_named():
         validate(sae_lm.Config(**{**TINY, "sae_coefficients": (49.0,)}))  # > the smallest dictionary, 2 × 24
     with pytest.raises(Exception, match="skip_positions"):
         validate(sae_lm.Config(**{**TINY, "skip_positions": 23}))
+    with pytest.raises(Exception, match="buffer_steps.*quarter of the device's memory"):
+        validate(sae_lm.Config(**{**TINY, "buffer_steps": 10**9}))
+    validate(sae_lm.Config(**{**TINY, "buffer_steps": 64}))
     with pytest.raises(Exception, match="hook"):
         validate(sae_lm.Config(**{**TINY, "hook": "mlp.post", "model": TransformerConfig(
             n_layers=2, d_model=24, n_heads=2, d_head=12, d_mlp=96, n_ctx=24, d_vocab=256, attn_only=True)}))
