@@ -29,7 +29,6 @@ against L0, and per layer the probing accuracy of the best SAE's features vs neu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +42,7 @@ from superpos_jax import plots
 from superpos_jax.config import (NonNegativeInt, PositiveFloat, PositiveInt, each, fail, in_range, library_errors,
                                  non_empty, one_of, positive)
 from superpos_jax.engine.distributed import is_primary
-from superpos_jax.engine.execution import Execution
+from superpos_jax.engine.execution import Execution, device_memory_limit, host_ram_bytes
 from superpos_jax.engine.sweep import Grid
 from superpos_jax.engine.trainer import make_trainer
 from superpos_jax.lm import activations
@@ -134,7 +133,8 @@ class Config(common.RunConfig):
         if self.skip_positions >= model.n_ctx - 1:
             fail("skip_positions", self.skip_positions, f"less than model.n_ctx - 1 = {model.n_ctx - 1}")
         row_bytes = 4 * self.sae_batch * width(self) * model.n_layers  # one step's rows of every layer
-        limit = device_memory_bytes() // 4
+        device_limit = device_memory_limit(jax.local_devices()[0])
+        limit = (host_ram_bytes() if device_limit is None else device_limit) // 4
         if self.buffer_steps * row_bytes > limit:
             fail("buffer_steps", self.buffer_steps,
                  f"at most {max(limit // row_bytes, 1)}: the pool of buffer_steps x sae_batch rows of {model.n_layers} "
@@ -167,17 +167,6 @@ def sae_training(cfg: Config, expansion: int) -> SAETraining:
     return SAETraining(cfg.sae_kind, d, d * expansion, batch_size=cfg.sae_batch, dead_steps=max(cfg.sae_steps // 4, 1),
                        recipe="2024" if "2024" in sae_lib.get(cfg.sae_kind).recipes else "2023",
                        l1_warmup_steps=cfg.sae_steps // 20, stats_samples=cfg.stats_samples)
-
-
-def device_memory_bytes() -> int:
-    """The first local device's memory limit (host RAM for CPU devices)."""
-    try:
-        stats = jax.local_devices()[0].memory_stats() or {}
-    except (AttributeError, RuntimeError, NotImplementedError):
-        stats = {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"])
-    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def hook_names(cfg: Config) -> tuple[str, ...]:

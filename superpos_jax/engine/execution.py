@@ -177,21 +177,30 @@ def plan_blocks(
     return BlockPlan(n_instances, n_devices, per_device * n_devices, n_blocks, footprint, budget)
 
 
-def memory_budget(mesh: Mesh, fraction: float) -> float:
-    """Bytes per device that a sweep may use: `fraction` of the device's limit (for CPU
-    devices, of the host's RAM shared between this process's devices), agreed (min) across processes."""
-    device = mesh.devices.flat[0]
-    stats = None
+def device_memory_limit(device: jax.Device) -> int | None:
+    """The device's memory limit in bytes (`memory_stats()["bytes_limit"]`), or None where the
+    backend reports none (CPU devices: they share the host's RAM)."""
     try:
         stats = device.memory_stats()
     except (AttributeError, RuntimeError, NotImplementedError):
         stats = None
-    if stats and "bytes_limit" in stats:
-        budget = fraction * float(stats["bytes_limit"])
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def host_ram_bytes() -> int:
+    """Physical memory of this host."""
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def memory_budget(mesh: Mesh, fraction: float) -> float:
+    """Bytes per device that a sweep may use: `fraction` of the device's limit (for CPU
+    devices, of the host's RAM shared between this process's devices), agreed (min) across processes."""
+    limit = device_memory_limit(mesh.devices.flat[0])
+    if limit is not None:
+        budget = fraction * float(limit)
     else:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         local = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
-        budget = fraction * ram / max(local, 1)
+        budget = fraction * host_ram_bytes() / max(local, 1)
     return float(agree(np.float64(budget), "min"))
 
 

@@ -218,8 +218,7 @@ class Trainer:
         r = self.task.feed_every
         if r == 1:
             return self.task.feed(step, streamed, **self._shared(shared))
-        group = self.task.feed(step - step % r, streamed, **self._shared(shared))
-        return jax.tree.map(lambda a: a[step % r], group)
+        return _row_of(self.task.feed(step - step % r, streamed, **self._shared(shared)), step % r)
 
     def step_one(
         self, state: TrainState, hparams: Hparams, shared: PyTree | None = None, data: Any = None
@@ -263,32 +262,28 @@ class Trainer:
         each = jax.vmap(lambda s, h, d: self.step_one(s, h, shared, d), in_axes=(0, 0, None))
         r = self.task.feed_every
         kw = self._shared(shared)
-
         t0 = state.step[0]
 
-        def step(c: Any, x: Any):
-            if r == 1:
-                s, losses = each(c, hparams, self.feed(c.step[0], x, shared))
-                return s, losses
-            s, group = c
+        def step(c: tuple[TrainState, Any], x: Any):
+            s, group = c  # group: the data of the feed period that step t lies in (None when r = 1)
             t = s.step[0]
-            # a group starts here (the call's first group is computed before the scan)
-            group = jax.lax.cond((t % r == 0) & (t != t0), lambda g: self.task.feed(t, None, **kw), lambda g: g, group)
-            s, losses = each(s, hparams, jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, t % r, keepdims=False), group))
+            if r == 1:
+                data = self.feed(t, x, shared)
+            else:  # a period starts here (the call's first one is computed before the scan)
+                group = jax.lax.cond((t % r == 0) & (t != t0), lambda g: self.task.feed(t, None, **kw), lambda g: g, group)
+                data = _row_of(group, t % r)
+            s, losses = each(s, hparams, data)
             return (s, group), losses
 
-        def window(c: Any, xw: Any):
+        def window(c: tuple[TrainState, Any], xw: Any):
             c, losses = jax.lax.scan(step, c, xw, length=self.log_every)
             mean = jnp.mean(losses, axis=0)
             if self.observe is None:
                 return c, mean
-            s = c if r == 1 else c[0]
-            return c, (mean, jax.vmap(self.observe)(s.params, hparams))
+            return c, (mean, jax.vmap(self.observe)(c[0].params, hparams))
 
-        if r == 1:
-            state, out = jax.lax.scan(window, state, xs, length=n_windows)
-        else:
-            (state, _), out = jax.lax.scan(window, (state, self.task.feed(t0 - t0 % r, None, **kw)), xs, length=n_windows)
+        first = None if r == 1 else self.task.feed(t0 - t0 % r, None, **kw)
+        (state, _), out = jax.lax.scan(window, (state, first), xs, length=n_windows)
         return state, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), out)  # (instance, window, ...)
 
     def _run(self, state: TrainState, hparams: Hparams, shared: PyTree | None, streamed: PyTree, n_steps: int):
@@ -299,6 +294,11 @@ class Trainer:
         if self.task.fed:
             return self._run_fed(state, hparams, shared, streamed, n_steps)
         return jax.vmap(self._run_one, in_axes=(0, 0, None, None))(state, hparams, shared, n_steps)
+
+
+def _row_of(group: PyTree, i: Array) -> PyTree:
+    """Row i (traced) of every leaf of a feed period's data (leading axis: the period's steps)."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), group)
 
 
 def _signature(state: Any, hparams: Any, streamed: Any, n_steps: int) -> Any:
